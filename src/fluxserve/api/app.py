@@ -1,0 +1,41 @@
+"""create_app: the FastAPI application and its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from fluxserve import __version__
+from fluxserve.api.bfl.router import router as bfl_router
+from fluxserve.api.common.files import router as files_router
+from fluxserve.api.common.health import router as health_router
+from fluxserve.api.errors import install_error_handlers
+from fluxserve.bootstrap import Services, build_services
+from fluxserve.config import Settings
+
+
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """The app; its lifespan starts the workers and stops them (after their current job)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.services.start()
+        try:
+            yield
+        finally:
+            app.state.services.stop()
+
+    app = FastAPI(
+        title="fluxserve",
+        version=__version__,
+        description="Self-hosted FLUX image generation behind the Black Forest Labs API.",
+        lifespan=lifespan,
+    )
+    app.state.services = services if services is not None else build_services(settings)
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(bfl_router)
+    app.include_router(files_router)
+    return app

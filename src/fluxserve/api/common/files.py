@@ -1,0 +1,31 @@
+"""Result images at HMAC-signed, expiring URLs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse, Response
+
+from fluxserve.api.deps import ServicesDep
+from fluxserve.api.errors import error_body
+from fluxserve.errors import StorageError
+from fluxserve.storage.base import is_valid_key
+
+router = APIRouter(tags=["files"])
+
+CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+FORBIDDEN = "This image link has expired or is not valid; ask for the result again for a fresh one."
+
+
+@router.get("/files/{key:path}", include_in_schema=False)
+def get_file(
+    key: str, services: ServicesDep, exp: int = Query(0), sig: str = Query("")
+) -> Response:
+    """A result image, if the link's signature holds and it has not expired."""
+    if not is_valid_key(key) or not services.storage.signer.verify(key, exp, sig):
+        return JSONResponse(error_body(FORBIDDEN), status_code=403)
+    try:
+        data = services.storage.get(key)
+    except StorageError:
+        return JSONResponse(error_body("This image no longer exists."), status_code=404)
+    media_type = CONTENT_TYPES.get(key.rsplit(".", 1)[-1], "application/octet-stream")
+    return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=600"})

@@ -1,0 +1,100 @@
+"""The composition root: builds store, storage, job service and workers from Settings.
+
+The only module that knows every concrete class. It reaches the engine (and so torch)
+lazily, inside ``Services.start``, so importing the API stays light.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from fluxserve.config import Settings
+from fluxserve.errors import DataDirLocked
+from fluxserve.jobs.routing import ModelRouter
+from fluxserve.jobs.service import JobService
+from fluxserve.storage.local import LocalStorage
+from fluxserve.store.sqlite import SqliteJobStore
+from fluxserve.weights import ResolvedModel, resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+def lock_data_dir(settings: Settings) -> IO[str]:
+    """Hold an exclusive lock on the data dir: the SQLite store has one owner."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(settings.data_dir / "server.lock", "w")  # noqa: SIM115 (held for life)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DataDirLocked(
+            f"Another fluxserve server is using {settings.data_dir}; stop it or pass a "
+            "different --data-dir."
+        ) from None
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+@dataclass
+class Services:
+    settings: Settings
+    models: dict[str, ResolvedModel]
+    store: SqliteJobStore
+    storage: LocalStorage
+    router: ModelRouter
+    workers: Any = None  # engine.pool.WorkerPool, imported lazily
+    jobs: JobService = field(init=False)
+    _lock: IO[str] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.jobs = JobService(self.store, self.storage, self.notify, self.settings.result_url_ttl)
+
+    def start(self) -> None:
+        """Recover jobs left running by a previous server, then start the workers."""
+        self._lock = self._lock or lock_data_dir(self.settings)
+        # Only this server uses this SQLite file (the lock above), so every job still
+        # marked running lost its worker when the last server stopped.
+        if self.store.expire_all_leases():
+            for job in self.store.requeue_expired(self.settings.max_attempts):
+                logger.warning("job %s left by the last server -> %s", job.id, job.status.value)
+        from fluxserve.engine.pool import WorkerPool
+
+        self.workers = WorkerPool(self.settings, list(self.models.values()), self.store)
+        self.workers.start()
+
+    def stop(self) -> None:
+        if self.workers is not None:
+            self.workers.stop()
+        self.store.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def notify(self) -> None:
+        if self.workers is not None:
+            self.workers.notify()
+
+    def is_ready(self) -> bool:
+        return self.workers is not None and self.workers.is_ready()
+
+
+def resolve_models(settings: Settings) -> dict[str, ResolvedModel]:
+    models: dict[str, ResolvedModel] = {}
+    for ref in settings.model:
+        resolved = resolve_model(ref, settings.models_dir)
+        models[resolved.name] = resolved
+    return models
+
+
+def build_services(settings: Settings, models: dict[str, ResolvedModel] | None = None) -> Services:
+    """Everything the server needs, built but not started (no workers yet)."""
+    models = models if models is not None else resolve_models(settings)
+    router = ModelRouter({name: m.spec for name, m in models.items()}, settings.alias_map)
+    store = SqliteJobStore(settings.database_path)
+    storage = LocalStorage(settings.results_dir, settings.data_dir / "url-secret")
+    return Services(settings, models, store, storage, router)

@@ -1,0 +1,62 @@
+"""``fluxserve generate``: one image, in this process, with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+
+from tqdm import tqdm
+
+from fluxserve.config import Settings
+from fluxserve.domain import GenerationRequest, OutputFormat, random_seed
+from fluxserve.errors import InvalidRequest
+from fluxserve.logs import configure_logging
+
+SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+def build_request(model_name: str, spec, args: argparse.Namespace) -> GenerationRequest:
+    fmt = SUFFIX_FORMATS.get(args.output.suffix.lower())
+    if fmt is None:
+        raise InvalidRequest("output", "the output file must end in .png, .jpg, .jpeg or .webp")
+    for field in ("width", "height"):
+        value = getattr(args, field)
+        if value < 64 or value % 16:
+            raise InvalidRequest(field, f"--{field} must be a multiple of 16 and at least 64")
+    steps = args.steps or spec.default_steps
+    if not 1 <= steps <= spec.max_steps:
+        raise InvalidRequest("steps", f"--steps must be 1-{spec.max_steps} for {spec.name}")
+    guidance = None
+    if spec.uses_guidance:
+        guidance = args.guidance if args.guidance is not None else spec.default_guidance
+    return GenerationRequest(
+        model=model_name,
+        prompt=args.prompt,
+        width=args.width,
+        height=args.height,
+        steps=steps,
+        guidance=guidance,
+        seed=args.seed if args.seed is not None else random_seed(),
+        output_format=OutputFormat(fmt),
+    )
+
+
+def generate(settings: Settings, args: argparse.Namespace) -> int:
+    from fluxserve.runtime.diffusers_runner import FluxRunner
+    from fluxserve.runtime.postprocess import encode_image, generation_metadata
+    from fluxserve.weights import resolve_model
+
+    configure_logging(settings.log_level)
+    model = resolve_model(settings.model[0], settings.models_dir)
+    request = build_request(model.name, model.spec, args)
+    runner = FluxRunner(model, device=settings.device)
+    runner.load()
+    with tqdm(total=request.steps, desc="denoising", unit="step") as bar:
+
+        def on_step(done: int, _total: int) -> None:
+            bar.update(done - bar.n)
+
+        image = runner.generate(request, on_step, lambda: False)[0]
+    metadata = generation_metadata(request, settings.metadata_prompt)
+    args.output.write_bytes(encode_image(image, request.output_format, metadata))
+    print(f"wrote {args.output} (seed {request.seed})")
+    return 0

@@ -1,0 +1,109 @@
+"""The ``fluxserve`` command: serve, generate, models.
+
+Flags map one to one onto Settings fields; a flag left out falls back to the
+FLUXSERVE_<FIELD> environment variable, then to the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from fluxserve import __version__
+from fluxserve.errors import FluxserveError
+
+
+def _settings_flags(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Add the Settings fields ``names`` as flags whose default is 'not given'."""
+    from fluxserve.config import Settings
+
+    fields = Settings.model_fields
+    for name in names:
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{fields[name].description} [env FLUXSERVE_{name.upper()}]"
+        if name in ("model", "alias"):
+            parser.add_argument(flag, action="append", default=None, help=help_text)
+        elif name == "metadata_prompt":
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            parser.add_argument(flag, default=None, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fluxserve", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fluxserve {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="Run the HTTP server and its GPU workers.")
+    _settings_flags(
+        serve, "model", "alias", "host", "port", "data_dir", "public_url", "device",
+        "result_url_ttl", "metadata_prompt", "lease_seconds", "max_attempts", "worker_mode",
+        "log_level",
+    )  # fmt: skip
+
+    generate = commands.add_parser("generate", help="Make one image in this process.")
+    generate.add_argument("prompt", help="What to draw.")
+    generate.add_argument("-o", "--output", required=True, type=Path,
+                          help="Image file to write; .png, .jpg/.jpeg or .webp.")  # fmt: skip
+    generate.add_argument("--width", type=int, default=1024)
+    generate.add_argument("--height", type=int, default=768)
+    generate.add_argument("--steps", type=int, default=None, help="Default: the model's.")
+    generate.add_argument("--guidance", type=float, default=None, help="Default: the model's.")
+    generate.add_argument("--seed", type=int, default=None, help="Default: random.")
+    _settings_flags(generate, "model", "data_dir", "device", "metadata_prompt", "log_level")
+
+    models = commands.add_parser("models", help="List known and cached models.")
+    _settings_flags(models, "data_dir")
+    models_commands = models.add_subparsers(dest="models_command")
+    make_tiny = models_commands.add_parser(
+        "make-tiny", help="Write the tiny random-weight test model as a diffusers directory."
+    )
+    make_tiny.add_argument("directory", type=Path)
+    return parser
+
+
+SETTINGS_KEYS = (
+    "model", "alias", "host", "port", "data_dir", "public_url", "device", "result_url_ttl",
+    "metadata_prompt", "lease_seconds", "max_attempts", "worker_mode", "log_level",
+)  # fmt: skip
+
+
+def settings_from(args: argparse.Namespace) -> Any:
+    from fluxserve.config import Settings
+
+    given = {k: v for k, v in vars(args).items() if k in SETTINGS_KEYS and v is not None}
+    return Settings(**given)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            from fluxserve.cli.serve import serve
+
+            return serve(settings_from(args))
+        if args.command == "generate":
+            from fluxserve.cli.generate import generate
+
+            return generate(settings_from(args), args)
+        from fluxserve.cli.models import models_command
+
+        return models_command(settings_from(args), args)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"])
+            print(
+                f"fluxserve: invalid --{field.replace('_', '-')}: {error['msg']}", file=sys.stderr
+            )
+        return 2
+    except FluxserveError as exc:
+        print(f"fluxserve: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

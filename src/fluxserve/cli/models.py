@@ -1,0 +1,55 @@
+"""``fluxserve models``: the registry and what is cached here; ``make-tiny``."""
+
+from __future__ import annotations
+
+import argparse
+
+from fluxserve.config import Settings
+from fluxserve.errors import InvalidRequest
+from fluxserve.specs import MODEL_SPECS, ModelKind
+
+
+def cached_repos() -> set[str]:
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        return {repo.repo_id for repo in scan_cache_dir().repos if repo.repo_type == "model"}
+    except Exception:  # no cache directory yet, or an unreadable one: nothing cached
+        return set()
+
+
+def list_models(settings: Settings) -> None:
+    cached = cached_repos()
+    print(f"{'NAME':<14} {'SOURCE':<36} {'STEPS':<7} {'CACHED':<7} DESCRIPTION")
+    for spec in MODEL_SPECS.values():
+        if spec.kind is ModelKind.TEST:
+            here = (settings.models_dir / spec.name / "model_index.json").exists()
+        else:
+            here = spec.source in cached
+        steps = f"{spec.default_steps}/{spec.max_steps}"
+        print(
+            f"{spec.name:<14} {spec.source:<36} {steps:<7} {'yes' if here else 'no':<7} "
+            f"{spec.description}"
+        )
+    others = sorted(cached - {s.source for s in MODEL_SPECS.values()})
+    if others:
+        print("\nOther cached Hugging Face repos (pass one to --model):")
+        for repo in others:
+            print(f"  {repo}")
+
+
+def models_command(settings: Settings, args: argparse.Namespace) -> int:
+    if args.models_command == "make-tiny":
+        from fluxserve.logs import configure_logging
+        from fluxserve.runtime.tiny import MARKER, make_tiny
+
+        configure_logging("warning")
+        directory = args.directory
+        if directory.exists() and any(directory.iterdir()) and not (directory / MARKER).exists():
+            raise InvalidRequest("directory", f"{directory} exists and is not empty")
+        make_tiny(directory)
+        print(f"wrote the tiny model (random weights, makes noise) to {directory}")
+        print(f"serve it with: fluxserve serve --model {directory}")
+        return 0
+    list_models(settings)
+    return 0

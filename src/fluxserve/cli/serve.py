@@ -1,0 +1,32 @@
+"""``fluxserve serve``: resolve weights, then run the API with its workers."""
+
+from __future__ import annotations
+
+import logging
+
+from fluxserve.config import Settings
+from fluxserve.logs import configure_logging
+
+logger = logging.getLogger("fluxserve")
+
+
+def serve(settings: Settings) -> int:
+    import uvicorn
+
+    from fluxserve.api.app import create_app
+    from fluxserve.bootstrap import build_services, lock_data_dir
+
+    configure_logging(settings.log_level)
+    lock = lock_data_dir(settings)  # fail before any download if another server runs here
+    try:
+        services = build_services(settings)  # downloads missing weights, with a progress bar
+        services._lock = lock
+        for name, model in services.models.items():
+            logger.info("model %s (%s) from %s", name, model.spec.kind.value, model.path)
+        for endpoint, model_name in services.router.table().items():
+            logger.info("  /v1/%s -> %s", endpoint, model_name or "(not served)")
+        app = create_app(settings, services)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    finally:
+        lock.close()
+    return 0

@@ -1,0 +1,101 @@
+"""Deployment settings: one pydantic-settings class, env prefix ``FLUXSERVE_``.
+
+CLI flags map one to one onto these fields. Nothing here is built at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "fluxserve"
+
+
+def _split_list(value: object) -> object:
+    # Env values arrive as "a,b"; CLI values as lists.
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLUXSERVE_", extra="forbid")
+
+    model: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["flux-schnell"],
+        description="Models to load: a registry name (flux-schnell, flux-dev, tiny), a Hugging "
+        "Face repo id, or a local diffusers-format directory. Repeat the flag (or separate "
+        "with commas) to load several.",
+    )
+    alias: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra endpoint routes as NAME=MODEL, e.g. flux-pro-1.1=flux-dev.",
+    )
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="Port the HTTP server listens on.")
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where the job database, result images, the URL-signing secret and the "
+        "built tiny model live.",
+    )
+    public_url: str | None = Field(
+        None,
+        description="Base URL clients reach this server at (behind a proxy); by default "
+        "URLs are built from the request's Host.",
+    )
+    device: str = Field(
+        "auto", description="Torch device for the workers: auto, cuda, cuda:N, cpu."
+    )
+    result_url_ttl: int = Field(
+        600, ge=1, description="Seconds a signed result-image URL stays valid."
+    )
+    metadata_prompt: bool = Field(
+        True, description="Write the prompt into the image metadata (off: only model and seed)."
+    )
+    lease_seconds: float = Field(
+        30.0, gt=0, description="How long a worker's claim on a job lasts without a heartbeat."
+    )
+    max_attempts: int = Field(
+        2, ge=1, description="Times a job may be started before a worker crash marks it Error."
+    )
+    worker_mode: Literal["process", "thread"] = Field(
+        "process",
+        description="Run each model's worker in its own process (survives crashes) or in a "
+        "thread of the server process.",
+    )
+    log_level: str = Field("info", description="Logging level: debug, info, warning, error.")
+
+    _split_model = field_validator("model", "alias", mode="before")(_split_list)
+
+    @field_validator("alias")
+    @classmethod
+    def _check_alias(cls, aliases: list[str]) -> list[str]:
+        for item in aliases:
+            name, sep, target = item.partition("=")
+            if not sep or not name.strip() or not target.strip():
+                raise ValueError(f"alias {item!r} must look like NAME=MODEL")
+        return aliases
+
+    @property
+    def alias_map(self) -> dict[str, str]:
+        pairs = (item.partition("=") for item in self.alias)
+        return {name.strip(): target.strip() for name, _, target in pairs}
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"

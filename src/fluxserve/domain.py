@@ -1,0 +1,93 @@
+"""Plain domain types shared by every layer: no torch, no HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+MAX_SEED = 2**64 - 1
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    REQUEST_MODERATED = "request_moderated"
+    CONTENT_MODERATED = "content_moderated"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+class OutputFormat(StrEnum):
+    JPEG = "jpeg"
+    PNG = "png"
+    WEBP = "webp"
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.value}"
+
+
+def random_seed() -> int:
+    """A seed drawn uniformly from 0..2^64-1, like the hosted services hand out."""
+    return secrets.randbits(64)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What the runtime needs to make one image; built by a dialect's convert module."""
+
+    model: str
+    prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance: float | None
+    seed: int
+    output_format: OutputFormat = OutputFormat.JPEG
+    safety_tolerance: int = 2
+    prompt_upsampling: bool = False
+    endpoint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["output_format"] = self.output_format.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["output_format"] = OutputFormat(values.get("output_format", "jpeg"))
+        return cls(**values)
+
+
+@dataclass
+class Job:
+    """One row of the job table: the queue entry and the system of record."""
+
+    id: str
+    request: GenerationRequest
+    status: JobStatus = JobStatus.QUEUED
+    seq: int | None = None
+    progress: float = 0.0
+    attempt: int = 0
+    worker_id: str | None = None
+    lease_expires_at: float | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    result_keys: list[str] = field(default_factory=list)
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def model(self) -> str:
+        return self.request.model

@@ -1,0 +1,59 @@
+"""What runs inside a worker (a spawned process or a thread): build, load, serve."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+
+from fluxserve.config import Settings
+from fluxserve.engine.worker import EventLike, Worker, WorkerOptions
+from fluxserve.weights import ResolvedModel
+
+logger = logging.getLogger(__name__)
+
+
+def run_worker(
+    settings: Settings,
+    model: ResolvedModel,
+    worker_id: str,
+    wake: EventLike,
+    stop: EventLike,
+    ready: EventLike,
+) -> None:
+    """Load ``model`` and process its jobs until ``stop`` is set."""
+    from fluxserve.runtime.diffusers_runner import FluxRunner  # torch stays out of the API
+    from fluxserve.storage.local import LocalStorage
+    from fluxserve.store.sqlite import SqliteJobStore
+
+    store = SqliteJobStore(settings.database_path)
+    storage = LocalStorage(settings.results_dir, settings.data_dir / "url-secret")
+    runner = FluxRunner(model, device=settings.device)
+    runner.load()
+    ready.set()
+    options = WorkerOptions(worker_id, settings.lease_seconds, settings.metadata_prompt)
+    try:
+        Worker(store, storage, runner, options, wake, stop).run()
+    finally:
+        store.close()
+
+
+def process_main(
+    settings: Settings,
+    model: ResolvedModel,
+    worker_id: str,
+    wake: EventLike,
+    stop: EventLike,
+    ready: EventLike,
+) -> None:
+    """Entry point of a spawned worker process."""
+    from fluxserve.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    # Ctrl-C reaches the whole process group; the server stops its workers itself, after
+    # they finish the job in hand, so the worker ignores SIGINT and obeys SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    run_worker(settings, model, worker_id, wake, stop, ready)

@@ -1,0 +1,178 @@
+"""Starts one worker per model, watches them, and recovers the jobs of workers that die.
+
+In process mode each worker is a spawned process: a crash (or the OOM killer) takes the
+worker, not the server. The pool notices, ends the dead worker's leases so its job goes
+back to the queue (or fails after ``max_attempts``), and starts a new worker. The same
+watch loop sweeps expired leases, so no cron is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fluxserve.config import Settings
+from fluxserve.engine.child import process_main, run_worker
+from fluxserve.store.base import JobStore
+from fluxserve.weights import ResolvedModel
+
+logger = logging.getLogger(__name__)
+
+WATCH_INTERVAL = 0.5  # seconds between liveness checks and lease sweeps
+MAX_START_FAILURES = 3  # a worker that dies this often before it is ready is given up on
+
+
+@dataclass
+class WorkerSlot:
+    model: ResolvedModel
+    wake: Any
+    stop: Any
+    ready: Any
+    handle: Any = None
+    worker_id: str = ""
+    start_failures: int = 0
+    error: str | None = None
+    restarts: int = 0
+
+
+class WorkerPool:
+    def __init__(self, settings: Settings, models: list[ResolvedModel], store: JobStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.mode = settings.worker_mode
+        self._ctx = multiprocessing.get_context("spawn")
+        make_event = self._ctx.Event if self.mode == "process" else threading.Event
+        self.slots = [WorkerSlot(m, make_event(), make_event(), make_event()) for m in models]
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
+        self._thread_count = 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        for slot in self.slots:
+            self._start(slot)
+        self._watcher.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Ask every worker to stop after its current job, and wait for them."""
+        self._stopping.set()
+        for slot in self.slots:
+            slot.stop.set()
+            slot.wake.set()
+        deadline = time.monotonic() + timeout
+        for slot in self.slots:
+            if slot.handle is None:
+                continue
+            slot.handle.join(max(0.0, deadline - time.monotonic()))
+            if self.mode == "process" and slot.handle.is_alive():
+                logger.warning("worker %s did not stop in time; terminating it", slot.worker_id)
+                slot.handle.terminate()
+                slot.handle.join(5)
+        if self._watcher.is_alive():
+            self._watcher.join(5)
+
+    def notify(self) -> None:
+        """Wake idle workers: a job was queued."""
+        for slot in self.slots:
+            slot.wake.set()
+
+    def is_ready(self) -> bool:
+        return all(
+            s.handle is not None and s.handle.is_alive() and s.ready.is_set() for s in self.slots
+        )
+
+    def status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "model": s.model.name,
+                "worker_id": s.worker_id,
+                "alive": bool(s.handle is not None and s.handle.is_alive()),
+                "ready": s.ready.is_set(),
+                "restarts": s.restarts,
+                "error": s.error,
+            }
+            for s in self.slots
+        ]
+
+    # -- internals -----------------------------------------------------------------------
+    def _start(self, slot: WorkerSlot) -> None:
+        slot.ready.clear()
+        slot.stop.clear()
+        args = (self.settings, slot.model)
+        if self.mode == "process":
+            proc = self._ctx.Process(
+                target=process_main,
+                args=(*args, "", slot.wake, slot.stop, slot.ready),
+                name=f"fluxserve-worker-{slot.model.name}",
+                daemon=False,
+            )
+            proc.start()
+            # The child names itself the same way (host-pid), so a dead worker's leases
+            # can be found by the id computed here.
+            slot.worker_id = f"{socket.gethostname()}-{proc.pid}"
+            slot.handle = proc
+        else:
+            self._thread_count += 1
+            slot.worker_id = f"{socket.gethostname()}-{os.getpid()}-t{self._thread_count}"
+            thread = threading.Thread(
+                target=self._thread_main,
+                args=(slot,),
+                name=f"fluxserve-worker-{slot.model.name}",
+                daemon=True,
+            )
+            slot.handle = thread
+            thread.start()
+
+    def _thread_main(self, slot: WorkerSlot) -> None:
+        try:
+            run_worker(self.settings, slot.model, slot.worker_id, slot.wake, slot.stop, slot.ready)
+        except Exception as exc:
+            logger.exception("worker %s crashed", slot.worker_id)
+            slot.error = f"{type(exc).__name__}: {exc}"
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(WATCH_INTERVAL):
+            try:
+                self._check_workers()
+                self.sweep()
+            except Exception:  # the watcher must outlive any one failure
+                logger.exception("worker pool watch failed")
+
+    def sweep(self) -> None:
+        """Requeue (or fail) running jobs whose lease has expired."""
+        changed = self.store.requeue_expired(self.settings.max_attempts)
+        for job in changed:
+            logger.warning("job %s: lease expired -> %s", job.id, job.status.value)
+        if changed:
+            self.notify()
+
+    def _check_workers(self) -> None:
+        for slot in self.slots:
+            if self._stopping.is_set() or slot.handle is None or slot.handle.is_alive():
+                continue
+            exitcode = getattr(slot.handle, "exitcode", None)
+            was_ready = slot.ready.is_set()
+            logger.error(
+                "worker %s (%s) stopped unexpectedly (exit code %s)",
+                slot.worker_id,
+                slot.model.name,
+                exitcode,
+            )
+            self.store.expire_leases(slot.worker_id)
+            slot.start_failures = 0 if was_ready else slot.start_failures + 1
+            if slot.start_failures >= MAX_START_FAILURES:
+                slot.error = slot.error or (
+                    f"the worker for {slot.model.name} died {MAX_START_FAILURES} times while "
+                    "loading the model; see the log above"
+                )
+                logger.error("giving up on %s: %s", slot.model.name, slot.error)
+                slot.handle = None
+                continue
+            slot.restarts += 1
+            self._start(slot)

@@ -1,0 +1,120 @@
+"""The worker loop: claim -> generate -> encode -> store -> complete, one job at a time.
+
+A failing job is marked Error and the loop goes on; nothing a job does ends the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from fluxserve.domain import Job
+from fluxserve.engine.lease import LeaseKeeper
+from fluxserve.errors import GenerationCancelled
+from fluxserve.runtime.base import Runner
+from fluxserve.runtime.postprocess import encode_image, generation_metadata
+from fluxserve.storage.base import BlobStorage, result_key
+from fluxserve.store.base import JobStore
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_WRITE_INTERVAL = 0.05  # seconds; bounds database writes for very fast steps
+IDLE_RECHECK = 5.0  # seconds; a safety net only: pickup is woken by the submit event
+
+
+class EventLike(Protocol):
+    def set(self) -> None: ...
+    def clear(self) -> None: ...
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    worker_id: str
+    lease_seconds: float = 30.0
+    metadata_prompt: bool = True
+
+
+class Worker:
+    def __init__(
+        self,
+        store: JobStore,
+        storage: BlobStorage,
+        runner: Runner,
+        options: WorkerOptions,
+        wake: EventLike,
+        stop: EventLike,
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.runner = runner
+        self.options = options
+        self.wake = wake
+        self.stop = stop
+
+    def run(self) -> None:
+        """Process jobs until ``stop`` is set; the current job is finished first."""
+        logger.info("worker %s serving %s", self.options.worker_id, self.runner.name)
+        while not self.stop.is_set():
+            # Clear before claiming: a submit that lands after the claim finds the queue
+            # empty sets the event again, so no wake-up is lost.
+            self.wake.clear()
+            if not self.run_once():
+                self.wake.wait(IDLE_RECHECK)
+
+    def run_once(self) -> bool:
+        """Claim and process one job; False when the queue had nothing for this worker."""
+        job = self.store.claim(
+            self.options.worker_id, [self.runner.name], self.options.lease_seconds
+        )
+        if job is None:
+            return False
+        self.process(job)
+        return True
+
+    def process(self, job: Job) -> None:
+        started = time.perf_counter()
+        with LeaseKeeper(self.store, job, self.options.lease_seconds) as lease:
+            try:
+                keys = self._generate_and_store(job, lease)
+            except GenerationCancelled:
+                logger.info("job %s stopped before it finished", job.id)
+                return
+            except Exception:
+                logger.exception("job %s failed", job.id)
+                self.store.fail(
+                    job.id,
+                    job.attempt,
+                    "generation_failed",
+                    f"Generation failed on the server; the operator's log has the cause "
+                    f"under job id {job.id}.",
+                )
+                return
+        if self.store.complete(job.id, job.attempt, keys):
+            logger.info("job %s done in %.3f s", job.id, time.perf_counter() - started)
+        else:
+            logger.warning("job %s finished after its lease was lost; result dropped", job.id)
+
+    def _generate_and_store(self, job: Job, lease: LeaseKeeper) -> list[str]:
+        request = job.request
+        last_write = 0.0
+
+        def on_step(done: int, total: int) -> None:
+            nonlocal last_write
+            now = time.monotonic()
+            if now - last_write >= PROGRESS_WRITE_INTERVAL or done == total:
+                last_write = now
+                self.store.set_progress(job.id, job.attempt, done / total)
+
+        images = self.runner.generate(request, on_step, lambda: lease.lost)
+        metadata = generation_metadata(request, self.options.metadata_prompt)
+        fmt = request.output_format
+        keys = []
+        for index, image in enumerate(images):
+            key = result_key(job.id, index, fmt.value)
+            self.storage.put(key, encode_image(image, fmt, metadata), fmt.content_type)
+            keys.append(key)
+        return keys

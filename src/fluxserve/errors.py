@@ -1,0 +1,67 @@
+"""The one exception tree of fluxserve.
+
+::
+
+    FluxserveError
+    ├── InvalidRequest       a client sent a value the server cannot honour (HTTP 422)
+    ├── ModelNotAvailable    no loaded model serves the endpoint (HTTP 404)
+    ├── JobNotFound          unknown job id
+    ├── ModelLoadError       weights missing or unreadable; message says what to do
+    ├── GenerationFailed     the runtime failed on a job (stored on the job, never sent raw)
+    └── StorageError         a result image could not be stored or read
+
+Messages are written for the person who reads them: they name the field or model and say
+what is allowed. Internal exception text never reaches a client; the api maps each class to
+a status code and body in ``fluxserve.api.errors``. Every class is picklable, because errors
+cross the boundary between worker processes and the server.
+"""
+
+from __future__ import annotations
+
+
+class FluxserveError(Exception):
+    """Base class of every error fluxserve raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(FluxserveError):
+    """A request value that passed the wire schema but not the serving model's limits."""
+
+    def __init__(self, field: str, message: str, value: object = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+
+    def __reduce__(self):  # keep picklable with the extra constructor arguments
+        return (type(self), (self.field, self.message, self.value))
+
+
+class ModelNotAvailable(FluxserveError):
+    """No loaded model answers the requested endpoint."""
+
+
+class JobNotFound(FluxserveError):
+    """No job has the given id."""
+
+
+class ModelLoadError(FluxserveError):
+    """Model weights could not be found, downloaded or read."""
+
+
+class GenerationFailed(FluxserveError):
+    """The runtime raised while generating a job."""
+
+
+class GenerationCancelled(FluxserveError):
+    """The denoising loop stopped because the job was cancelled or its lease was lost."""
+
+
+class StorageError(FluxserveError):
+    """A blob could not be written or read."""
+
+
+class DataDirLocked(FluxserveError):
+    """Another fluxserve process already uses this data directory."""

@@ -1,0 +1,1 @@
+"""Job lifecycle: the one seam routers, the CLI and the web page use."""

@@ -1,0 +1,62 @@
+"""Encode images with their generation metadata. Pillow only; no torch."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from fluxserve import __version__
+from fluxserve.domain import GenerationRequest, OutputFormat
+
+JPEG_QUALITY = 95
+WEBP_QUALITY = 95
+EXIF_IMAGE_DESCRIPTION = 0x010E
+EXIF_SOFTWARE = 0x0131
+
+
+def generation_metadata(request: GenerationRequest, include_prompt: bool) -> dict[str, object]:
+    meta: dict[str, object] = {
+        "ai_generated": "AI generated",
+        "model": request.model,
+        "seed": request.seed,
+        "steps": request.steps,
+        "guidance": request.guidance,
+        "width": request.width,
+        "height": request.height,
+    }
+    if include_prompt:
+        meta["prompt"] = request.prompt
+    return meta
+
+
+def encode_image(image: Image.Image, fmt: OutputFormat, metadata: dict[str, object]) -> bytes:
+    """The image file in ``fmt``, carrying ``metadata`` (PNG text chunks, or EXIF)."""
+    buffer = io.BytesIO()
+    software = f"fluxserve {__version__}"
+    if fmt is OutputFormat.PNG:
+        info = PngInfo()
+        info.add_text("Software", software)
+        info.add_text("Comment", "AI generated")
+        info.add_text("fluxserve", json.dumps(metadata))
+        image.save(buffer, format="PNG", pnginfo=info)
+    else:
+        exif = Image.Exif()
+        exif[EXIF_SOFTWARE] = software
+        exif[EXIF_IMAGE_DESCRIPTION] = json.dumps(metadata)
+        rgb = image.convert("RGB")
+        if fmt is OutputFormat.JPEG:
+            rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY, exif=exif)
+        else:
+            rgb.save(buffer, format="WEBP", quality=WEBP_QUALITY, exif=exif)
+    return buffer.getvalue()
+
+
+def read_metadata(data: bytes) -> dict[str, object]:
+    """The fluxserve metadata of an encoded image (inverse of encode_image)."""
+    image = Image.open(io.BytesIO(data))
+    if image.format == "PNG":
+        return json.loads(image.text["fluxserve"])
+    return json.loads(image.getexif()[EXIF_IMAGE_DESCRIPTION])

@@ -1,0 +1,174 @@
+"""The ``tiny`` model: FLUX.1's structure at tiny sizes, random weights, built offline.
+
+Every class is the real diffusers / transformers one, and the directory it writes is an
+ordinary diffusers-format checkpoint, so it loads through the same code as FLUX.1 weights.
+Its images are noise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
+
+logger = logging.getLogger(__name__)
+
+MARKER = "fluxserve_tiny.json"
+SEED = 0
+CLIP_MAX_LENGTH = 77  # as FLUX.1's CLIP-L
+T5_MAX_LENGTH = 512  # as FLUX.1's T5-XXL
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-to-printable-character table, which CLIP's byte-level BPE uses."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars), strict=True))
+
+
+def build_clip_tokenizer() -> CLIPTokenizer:
+    # Every byte as a token, with and without CLIP's end-of-word suffix; no merges.
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in _bytes_to_unicode().values():
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CLIP_MAX_LENGTH)
+
+
+def build_t5_tokenizer() -> T5TokenizerFast:
+    # A unigram vocabulary of single characters, with T5's pad/eos/unk at ids 0/1/2.
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    symbols = letters + letters.upper() + "0123456789.,;:!?'\"-()"
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)]
+    pieces += [("▁" + c, -1.5) for c in letters] + [(c, -2.0) for c in symbols]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
+
+
+def build_tiny_pipeline() -> FluxPipeline:
+    """A FluxPipeline with seeded random weights (same bytes on every machine build)."""
+    clip_tokenizer, t5_tokenizer = build_clip_tokenizer(), build_t5_tokenizer()
+    torch.manual_seed(SEED)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,  # 16 latent channels packed 2x2, as FLUX.1
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],  # sums to attention_head_dim
+        guidance_embeds=True,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,  # 8x downsampling, as FLUX.1
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 8, 8, 8],
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=4,
+        sample_size=64,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,  # FLUX.1's VAE latent statistics
+        scaling_factor=1.5035,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(clip_tokenizer),
+            hidden_size=32,  # = pooled_projection_dim
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            projection_dim=32,
+            max_position_embeddings=CLIP_MAX_LENGTH,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tokenizer),
+            d_model=32,  # = joint_attention_dim
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's schedule settings
+        base_image_seq_len=256,
+        base_shift=0.5,
+        max_image_seq_len=4096,
+        max_shift=1.15,
+        shift=3.0,
+        use_dynamic_shifting=True,
+    )
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+
+
+def make_tiny(directory: Path) -> Path:
+    """Write the tiny model to ``directory`` as a diffusers-format checkpoint.
+
+    The directory appears whole or not at all (built beside it, then renamed), so two
+    workers building it at once cannot leave half a model.
+    """
+    directory = Path(directory)
+    if (directory / MARKER).exists():
+        return directory
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory.parent))
+    try:
+        build_tiny_pipeline().save_pretrained(staging)
+        (staging / MARKER).write_text(
+            json.dumps({"model": "tiny", "note": "random weights; images are noise"})
+        )
+        if directory.exists() and not any(directory.iterdir()):
+            directory.rmdir()
+        try:
+            staging.rename(directory)
+        except OSError:
+            if not (directory / MARKER).exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.info("wrote the tiny test model to %s", directory)
+    return directory

@@ -1,0 +1,1 @@
+"""Result blobs and the URLs clients fetch them from."""

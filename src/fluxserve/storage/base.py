@@ -1,0 +1,30 @@
+"""The BlobStorage protocol: where result images live and how clients reach them."""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+_KEY = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*\.[A-Za-z0-9]+$")
+
+
+def result_key(job_id: str, index: int, extension: str) -> str:
+    """``results/<job-id>/<n>.<ext>``: the one naming scheme for result images."""
+    return f"results/{job_id}/{index}.{extension}"
+
+
+def is_valid_key(key: str) -> bool:
+    """Keys are plain relative paths: no '..', no absolute paths, no odd characters."""
+    return bool(_KEY.match(key))
+
+
+class BlobStorage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    def get(self, key: str) -> bytes:
+        """The blob's bytes; raises StorageError if it does not exist."""
+        ...
+
+    def url(self, key: str, base_url: str, ttl_seconds: int) -> str:
+        """An absolute URL that lets a client fetch ``key`` until it expires."""
+        ...

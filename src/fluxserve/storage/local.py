@@ -1,0 +1,43 @@
+"""Blobs on the local disk, served by the API at signed URLs (``/files/<key>``)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlencode
+
+from fluxserve.errors import StorageError
+from fluxserve.storage.base import is_valid_key
+from fluxserve.storage.signing import UrlSigner, load_or_create_secret
+
+
+class LocalStorage:
+    def __init__(self, root: Path, secret_path: Path) -> None:
+        self.root = root
+        self.signer = UrlSigner(load_or_create_secret(secret_path))
+
+    def _path(self, key: str) -> Path:
+        if not is_valid_key(key):
+            raise StorageError(f"invalid blob key {key!r}")
+        return self.root / key
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a reader never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise StorageError(f"blob {key!r} does not exist") from exc
+
+    def url(self, key: str, base_url: str, ttl_seconds: int) -> str:
+        expires, signature = self.signer.sign(key, ttl_seconds)
+        query = urlencode({"exp": expires, "sig": signature})
+        return f"{base_url.rstrip('/')}/files/{key}?{query}"

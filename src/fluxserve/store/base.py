@@ -1,0 +1,50 @@
+"""The JobStore protocol: the durable job table that is also the queue.
+
+Every write that a worker makes names the job's ``attempt``: it is the fencing token of the
+worker's lease. When a lease expires and the job is claimed again, the attempt grows, and the
+old worker's late writes match no row.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from fluxserve.domain import Job
+
+
+class JobStore(Protocol):
+    def create(self, job: Job) -> Job:
+        """Insert a queued job; returns it with its queue sequence number."""
+        ...
+
+    def get(self, job_id: str) -> Job | None: ...
+
+    def queue_position(self, job_id: str) -> int | None:
+        """How many queued jobs of the same model are ahead of this one (None if not queued)."""
+        ...
+
+    def claim(self, worker_id: str, models: list[str], lease_seconds: float) -> Job | None:
+        """Take the oldest queued job of one of ``models``; the job becomes running."""
+        ...
+
+    def heartbeat(self, job_id: str, attempt: int, lease_seconds: float) -> bool:
+        """Extend the lease; False when the lease was lost (the job is not ours any more)."""
+        ...
+
+    def set_progress(self, job_id: str, attempt: int, progress: float) -> bool: ...
+
+    def complete(self, job_id: str, attempt: int, result_keys: list[str]) -> bool: ...
+
+    def fail(self, job_id: str, attempt: int | None, code: str, message: str) -> bool:
+        """Mark failed; ``attempt`` None fails a queued job that no worker holds."""
+        ...
+
+    def expire_leases(self, worker_id: str) -> int:
+        """End the leases of a worker known to be dead, so the next sweep requeues its jobs."""
+        ...
+
+    def requeue_expired(self, max_attempts: int, now: float | None = None) -> list[Job]:
+        """Running jobs whose lease expired go back to the queue, or fail past max attempts."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,234 @@
+"""JobStore over SQLAlchemy Core; the SQL here is shared by the SQLite and PostgreSQL stores."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from fluxserve.domain import GenerationRequest, Job, JobStatus
+from fluxserve.states import sources_of
+
+metadata = sa.MetaData()
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    # seq orders the queue: submission order, assigned by the database.
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("request", sa.Text, nullable=False),
+    sa.Column("progress", sa.Float, nullable=False, default=0.0),
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    sa.Column("worker_id", sa.String(200)),
+    sa.Column("lease_expires_at", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("result_keys", sa.Text),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Index("ix_jobs_claim", "status", "model", "seq"),
+)
+
+_RUNNING = JobStatus.RUNNING.value
+
+
+def _states(target: JobStatus) -> list[str]:
+    return [s.value for s in sources_of(target)]
+
+
+def row_to_job(row: Any) -> Job:
+    m = row._mapping
+    return Job(
+        id=m["id"],
+        seq=m["seq"],
+        request=GenerationRequest.from_dict(json.loads(m["request"])),
+        status=JobStatus(m["status"]),
+        progress=m["progress"],
+        attempt=m["attempt"],
+        worker_id=m["worker_id"],
+        lease_expires_at=m["lease_expires_at"],
+        created_at=m["created_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        result_keys=json.loads(m["result_keys"]) if m["result_keys"] else [],
+        error_code=m["error_code"],
+        error_message=m["error_message"],
+    )
+
+
+class SqlJobStore:
+    """JobStore on any SQLAlchemy engine whose dialect supports UPDATE ... RETURNING."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine)
+
+    # -- reads ---------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+        return row_to_job(row) if row else None
+
+    def queue_position(self, job_id: str) -> int | None:
+        job = self.get(job_id)
+        if job is None or job.status != JobStatus.QUEUED:
+            return None
+        ahead = (
+            sa.select(sa.func.count())
+            .select_from(jobs)
+            .where(
+                jobs.c.status == JobStatus.QUEUED.value,
+                jobs.c.model == job.model,
+                jobs.c.seq < job.seq,
+            )
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(ahead).scalar_one())
+
+    # -- writes --------------------------------------------------------------------------
+    def create(self, job: Job) -> Job:
+        values = {
+            "id": job.id,
+            "model": job.model,
+            "status": job.status.value,
+            "request": json.dumps(job.request.to_dict()),
+            "progress": job.progress,
+            "attempt": job.attempt,
+            "created_at": job.created_at or time.time(),
+        }
+        with self.engine.begin() as conn:
+            seq = conn.execute(jobs.insert().values(**values).returning(jobs.c.seq)).scalar_one()
+        job.seq, job.created_at = seq, values["created_at"]
+        return job
+
+    def _claim_candidate(self, models: list[str]) -> sa.ScalarSelect:
+        return (
+            sa.select(jobs.c.seq)
+            .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.model.in_(models))
+            .order_by(jobs.c.seq)
+            .limit(1)
+            .scalar_subquery()
+        )
+
+    def claim(self, worker_id: str, models: list[str], lease_seconds: float) -> Job | None:
+        now = time.time()
+        stmt = (
+            jobs.update()
+            .where(jobs.c.seq == self._claim_candidate(models))
+            .where(jobs.c.status.in_(_states(JobStatus.RUNNING)))
+            .values(
+                status=_RUNNING,
+                worker_id=worker_id,
+                attempt=jobs.c.attempt + 1,
+                lease_expires_at=now + lease_seconds,
+                started_at=now,
+                progress=0.0,
+            )
+            .returning(*jobs.c)
+        )
+        with self.engine.begin() as conn:
+            row = conn.execute(stmt).first()
+        return row_to_job(row) if row else None
+
+    def _update_running(self, job_id: str, attempt: int, **values: Any) -> bool:
+        stmt = (
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.status == _RUNNING)
+            .values(**values)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def heartbeat(self, job_id: str, attempt: int, lease_seconds: float) -> bool:
+        return self._update_running(job_id, attempt, lease_expires_at=time.time() + lease_seconds)
+
+    def set_progress(self, job_id: str, attempt: int, progress: float) -> bool:
+        return self._update_running(job_id, attempt, progress=progress)
+
+    def complete(self, job_id: str, attempt: int, result_keys: list[str]) -> bool:
+        return self._update_running(
+            job_id,
+            attempt,
+            status=JobStatus.SUCCEEDED.value,
+            progress=1.0,
+            result_keys=json.dumps(result_keys),
+            finished_at=time.time(),
+            lease_expires_at=None,
+        )
+
+    def fail(self, job_id: str, attempt: int | None, code: str, message: str) -> bool:
+        values = {
+            "status": JobStatus.FAILED.value,
+            "error_code": code,
+            "error_message": message,
+            "finished_at": time.time(),
+            "lease_expires_at": None,
+        }
+        if attempt is not None:
+            return self._update_running(job_id, attempt, **values)
+        stmt = (
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
+            .values(**values)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def expire_leases(self, worker_id: str) -> int:
+        stmt = (
+            jobs.update()
+            .where(jobs.c.worker_id == worker_id, jobs.c.status == _RUNNING)
+            .values(lease_expires_at=0.0)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    def expire_all_leases(self) -> int:
+        """End every running lease: only for a store that a single server owns (SQLite)."""
+        stmt = jobs.update().where(jobs.c.status == _RUNNING).values(lease_expires_at=0.0)
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    def requeue_expired(self, max_attempts: int, now: float | None = None) -> list[Job]:
+        now = time.time() if now is None else now
+        expired = (jobs.c.status == _RUNNING) & (jobs.c.lease_expires_at < now)
+        with self.engine.begin() as conn:
+            failed = conn.execute(
+                jobs.update()
+                .where(expired, jobs.c.attempt >= max_attempts)
+                .values(
+                    status=JobStatus.FAILED.value,
+                    error_code="worker_lost",
+                    error_message=(
+                        f"The worker stopped while generating this job {max_attempts} times; "
+                        "it was not retried again."
+                    ),
+                    finished_at=now,
+                    lease_expires_at=None,
+                )
+                .returning(*jobs.c)
+            ).all()
+            requeued = conn.execute(
+                jobs.update()
+                .where(expired, jobs.c.attempt < max_attempts)
+                .values(
+                    status=JobStatus.QUEUED.value,
+                    worker_id=None,
+                    lease_expires_at=None,
+                    progress=0.0,
+                )
+                .returning(*jobs.c)
+            ).all()
+        return [row_to_job(r) for r in (*failed, *requeued)]
+
+    def close(self) -> None:
+        self.engine.dispose()

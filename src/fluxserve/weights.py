@@ -1,0 +1,107 @@
+"""Find a model's weights: registry name, Hugging Face repo id, or local directory.
+
+Torch-free, so ``fluxserve serve`` can resolve (and download) weights with a progress bar
+before it starts anything, and fail with one clear sentence when it cannot.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from fluxserve.errors import ModelLoadError
+from fluxserve.specs import MODEL_SPECS, ModelKind, ModelSpec, infer_spec, spec_for_source
+
+logger = logging.getLogger(__name__)
+
+# Only the diffusers-format components: FLUX repos also hold 20+ GB single-file
+# checkpoints at their root that the pipeline never reads.
+DIFFUSERS_PATTERNS = [
+    "model_index.json",
+    "scheduler/*",
+    "text_encoder/*",
+    "text_encoder_2/*",
+    "tokenizer/*",
+    "tokenizer_2/*",
+    "transformer/*",
+    "vae/*",
+]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str
+    spec: ModelSpec
+    path: Path
+
+    @property
+    def needs_build(self) -> bool:
+        """The tiny model is built on first use rather than downloaded."""
+        return self.spec.kind is ModelKind.TEST and not (self.path / "model_index.json").exists()
+
+
+def download_snapshot(repo_id: str, *, allow_download: bool = True) -> Path:
+    """The local snapshot of ``repo_id``, downloading it (with a progress bar) if needed."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return Path(
+            snapshot_download(repo_id, allow_patterns=DIFFUSERS_PATTERNS, local_files_only=True)
+        )
+    except LocalEntryNotFoundError:
+        if not allow_download:
+            raise ModelLoadError(
+                f"The weights of {repo_id} are not in the local Hugging Face cache."
+            ) from None
+    logger.info("downloading %s from the Hugging Face Hub", repo_id)
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=DIFFUSERS_PATTERNS))
+    except GatedRepoError:
+        raise ModelLoadError(
+            f"{repo_id} is gated: accept its licence on huggingface.co, run `hf auth login` "
+            "on this machine, then start fluxserve again."
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(
+            f"There is no Hugging Face repository named {repo_id} (or it is private)."
+        ) from None
+    except (LocalEntryNotFoundError, OSError):
+        raise ModelLoadError(
+            f"The weights of {repo_id} are not cached here and the Hugging Face Hub cannot be "
+            "reached: connect this machine to the internet once, or copy the model's "
+            "diffusers-format directory here and pass --model /path/to/it, or start with "
+            "--model tiny to try the server without weights."
+        ) from None
+
+
+def resolve_model(ref: str, models_dir: Path, *, allow_download: bool = True) -> ResolvedModel:
+    """Turn a ``--model`` value into a name, a spec and a local diffusers directory."""
+    if ref in MODEL_SPECS:
+        spec = MODEL_SPECS[ref]
+        if spec.kind is ModelKind.TEST:
+            return ResolvedModel(ref, spec, models_dir / ref)
+        path = download_snapshot(spec.source, allow_download=allow_download)
+        return ResolvedModel(ref, spec, path)
+    local = Path(ref).expanduser()
+    if local.is_dir():
+        if not (local / "model_index.json").exists():
+            raise ModelLoadError(
+                f"{local} is not a diffusers-format model directory (it has no "
+                "model_index.json); `fluxserve models make-tiny DIR` shows the layout."
+            )
+        name = local.resolve().name
+        return ResolvedModel(name, infer_spec(name, local.resolve()), local.resolve())
+    if ref.count("/") == 1 and not ref.startswith((".", "/")):
+        path = download_snapshot(ref, allow_download=allow_download)
+        spec = spec_for_source(ref) or infer_spec(ref, path)
+        return ResolvedModel(spec.name, spec, path)
+    raise ModelLoadError(
+        f"Unknown model {ref!r}: use one of {', '.join(MODEL_SPECS)}, a Hugging Face repo "
+        "id (owner/name), or a local diffusers-format directory."
+    )
