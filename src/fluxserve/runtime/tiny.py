@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import diffusers
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -156,6 +157,7 @@ def make_tiny(directory: Path) -> Path:
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory.parent))
+    diffusers.utils.logging.disable_progress_bar()
     try:
         build_tiny_pipeline().save_pretrained(staging)
         (staging / MARKER).write_text(

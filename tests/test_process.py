@@ -1,0 +1,160 @@
+"""The real `fluxserve serve` process, driven over HTTP like a BFL client would."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.process
+
+FLUXSERVE = str(Path(sys.executable).with_name("fluxserve"))
+SLOW = {"width": 768, "height": 768, "steps": 28}  # ~1.5 s on 2 CPU cores with tiny
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`fluxserve serve` in its own process group, so a test can kill it like a crash."""
+
+    def __init__(self, model: str, data_dir: Path, log: Path) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = log.open("ab")
+        args = [FLUXSERVE, "serve", "--model", model, "--data-dir", str(data_dir)]
+        args += ["--port", str(self.port), "--lease-seconds", "10"]
+        self.proc = subprocess.Popen(
+            args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.http = httpx.Client(base_url=self.base, timeout=10)
+
+    def wait_ready(self, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "server exited; see its log"
+            try:
+                response = self.http.get("/readyz")
+                if response.status_code == 200:
+                    return response.json()
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("server not ready in time")
+
+    def poll(self, url: str, until, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = self.http.get(url).json()
+            if until(body):
+                return body
+            time.sleep(0.02)
+        raise AssertionError(f"condition not met; last body {body}")
+
+    def submit(self, **fields) -> dict:
+        response = self.http.post("/v1/flux-dev", json={"prompt": "a fox", **fields})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def crash(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+        self.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+        self.log.close()
+
+
+@pytest.fixture
+def servers(tmp_path):
+    started: list[Server] = []
+
+    def start(model: str) -> Server:
+        server = Server(model, tmp_path / "data", tmp_path / "server.log")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if not server.log.closed:
+            server.stop()
+
+
+def is_done(body: dict) -> bool:
+    return body["status"] != "Pending"
+
+
+def is_running(body: dict) -> bool:
+    return body["status"] == "Pending" and body["progress"] > 0
+
+
+def test_serve_tiny_over_http(servers):
+    server = servers("tiny")
+    server.wait_ready()
+    assert server.http.get("/healthz").json() == {"status": "ok"}
+    submitted = server.submit(width=256, height=256, seed=11)
+    assert submitted["polling_url"].startswith(server.base + "/v1/get_result?id=")
+    body = server.poll(submitted["polling_url"], is_done)
+    assert body["status"] == "Ready", body
+    assert body["result"]["seed"] == 11
+    image = server.http.get(body["result"]["sample"])
+    assert image.status_code == 200
+    assert Image.open(io.BytesIO(image.content)).format == "JPEG"
+    server.stop()
+    assert server.proc.returncode == 0
+
+
+def test_jobs_survive_a_crash_and_restart(servers, tiny_model_dir):
+    server = servers(str(tiny_model_dir))
+    server.wait_ready()
+    running = server.submit(seed=1, **SLOW)
+    queued = server.submit(seed=2, width=256, height=256)
+    server.poll(running["polling_url"], is_running)
+    server.crash()  # server and worker die together, mid-job
+
+    restarted = servers(str(tiny_model_dir))
+    restarted.wait_ready()
+    for job in (running, queued):
+        body = restarted.poll(f"/v1/get_result?id={job['id']}", is_done)
+        assert body["status"] == "Ready", body
+
+
+def test_job_that_kills_its_worker_twice_ends_as_error(servers, tiny_model_dir):
+    server = servers(str(tiny_model_dir))
+    server.wait_ready()
+    killer = server.submit(seed=3, **SLOW)
+    for _ in range(2):
+        worker_id = server.wait_ready()["workers"][0]["worker_id"]
+        server.poll(killer["polling_url"], is_running)
+        os.kill(int(worker_id.rsplit("-", 1)[1]), signal.SIGKILL)  # as the OOM killer would
+        server.poll("/readyz", lambda body: body["workers"][0]["worker_id"] != worker_id)
+
+    body = server.poll(killer["polling_url"], is_done)
+    assert body["status"] == "Error"
+    assert body["details"]["code"] == "worker_lost"
+    # The server and a fresh worker carry on with the next job.
+    server.wait_ready()
+    after = server.submit(seed=4, width=256, height=256)
+    assert server.poll(after["polling_url"], is_done)["status"] == "Ready"

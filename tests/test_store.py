@@ -1,0 +1,129 @@
+"""The SQLite job store: queue order, leases, fencing, recovery."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fluxserve.domain import GenerationRequest, Job, JobStatus
+from fluxserve.store.sqlite import SqliteJobStore
+
+
+def make_job(job_id: str, model: str = "tiny", seed: int = 1) -> Job:
+    request = GenerationRequest(
+        model=model, prompt="p", width=256, height=256, steps=2, guidance=3.0, seed=seed
+    )
+    return Job(id=job_id, request=request)
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    yield store
+    store.close()
+
+
+def test_claims_in_submission_order_and_only_own_model(store):
+    for job_id, model in [("a", "tiny"), ("b", "other"), ("c", "tiny")]:
+        store.create(make_job(job_id, model))
+    assert store.claim("w", ["tiny"], 30).id == "a"
+    assert store.claim("w", ["tiny"], 30).id == "c"
+    assert store.claim("w", ["tiny"], 30) is None
+    assert store.claim("w", ["other"], 30).id == "b"
+
+
+def test_claim_sets_lease_and_attempt(store):
+    store.create(make_job("a"))
+    job = store.claim("worker-1", ["tiny"], 30)
+    assert job.status is JobStatus.RUNNING
+    assert job.attempt == 1
+    assert job.worker_id == "worker-1"
+    assert job.lease_expires_at > time.time() + 25
+
+
+def test_uint64_seed_round_trips(store):
+    store.create(make_job("a", seed=2**64 - 1))
+    assert store.get("a").request.seed == 2**64 - 1
+
+
+def test_queue_position(store):
+    for job_id in "abc":
+        store.create(make_job(job_id))
+    assert [store.queue_position(j) for j in "abc"] == [0, 1, 2]
+    store.claim("w", ["tiny"], 30)
+    assert store.queue_position("a") is None
+    assert store.queue_position("c") == 1
+
+
+def test_stale_attempt_cannot_write(store):
+    """The attempt number fences a worker whose lease expired and was re-claimed."""
+    store.create(make_job("a"))
+    first = store.claim("w1", ["tiny"], 30)
+    store.expire_leases("w1")
+    assert [j.status for j in store.requeue_expired(max_attempts=2)] == [JobStatus.QUEUED]
+    second = store.claim("w2", ["tiny"], 30)
+    assert second.attempt == first.attempt + 1
+    assert not store.set_progress("a", first.attempt, 0.5)
+    assert not store.complete("a", first.attempt, ["results/a/0.jpeg"])
+    assert not store.heartbeat("a", first.attempt, 30)
+    assert store.complete("a", second.attempt, ["results/a/0.png"])
+    done = store.get("a")
+    assert done.status is JobStatus.SUCCEEDED
+    assert done.result_keys == ["results/a/0.png"]
+    assert done.progress == 1.0
+
+
+def test_complete_only_once(store):
+    store.create(make_job("a"))
+    job = store.claim("w", ["tiny"], 30)
+    assert store.complete("a", job.attempt, ["k.png"])
+    assert not store.fail("a", job.attempt, "x", "late failure must not overwrite success")
+    assert store.get("a").status is JobStatus.SUCCEEDED
+
+
+def test_live_lease_is_not_requeued(store):
+    store.create(make_job("a"))
+    store.claim("w", ["tiny"], 30)
+    assert store.requeue_expired(max_attempts=2) == []
+    assert store.get("a").status is JobStatus.RUNNING
+
+
+def test_expired_lease_requeued_then_failed_after_max_attempts(store):
+    store.create(make_job("a"))
+    store.claim("w", ["tiny"], 0.01)
+    time.sleep(0.02)
+    (requeued,) = store.requeue_expired(max_attempts=2)
+    assert requeued.status is JobStatus.QUEUED
+    assert requeued.progress == 0.0
+    store.claim("w", ["tiny"], 30)
+    store.expire_leases("w")
+    (failed,) = store.requeue_expired(max_attempts=2)
+    assert failed.status is JobStatus.FAILED
+    assert failed.error_code == "worker_lost"
+    assert store.claim("w", ["tiny"], 30) is None
+
+
+def test_heartbeat_extends_lease(store):
+    store.create(make_job("a"))
+    job = store.claim("w", ["tiny"], 0.05)
+    assert store.heartbeat("a", job.attempt, 60)
+    time.sleep(0.1)
+    assert store.requeue_expired(max_attempts=2) == []
+
+
+def test_fail_queued_job(store):
+    store.create(make_job("a"))
+    assert store.fail("a", None, "code", "message")
+    job = store.get("a")
+    assert (job.status, job.error_code, job.error_message) == (JobStatus.FAILED, "code", "message")
+
+
+def test_survives_reopen(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    first = SqliteJobStore(path)
+    first.create(make_job("a"))
+    first.close()
+    second = SqliteJobStore(path)
+    assert second.get("a").status is JobStatus.QUEUED
+    second.close()

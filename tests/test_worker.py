@@ -1,0 +1,140 @@
+"""The worker loop on the real tiny FLUX runner: results, progress, failures, determinism."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fluxserve.domain import GenerationRequest, Job, JobStatus, OutputFormat
+from fluxserve.engine.worker import Worker, WorkerOptions
+from fluxserve.runtime.diffusers_runner import FluxRunner
+from fluxserve.storage.local import LocalStorage
+from fluxserve.store.sqlite import SqliteJobStore
+from fluxserve.weights import resolve_model
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_model_dir):
+    runner = FluxRunner(resolve_model(str(tiny_model_dir), tiny_model_dir.parent))
+    runner.load()
+    return runner
+
+
+class FailingForPrompt:
+    """The real runner, except that one prompt raises, as a CUDA error would."""
+
+    def __init__(self, runner, bad_prompt: str) -> None:
+        self.runner, self.bad_prompt, self.name = runner, bad_prompt, runner.name
+
+    def load(self) -> None: ...
+
+    def generate(self, request, on_step, should_stop):
+        if request.prompt == self.bad_prompt:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.runner.generate(request, on_step, should_stop)
+
+
+def request(runner, seed=1, prompt="a fox", fmt=OutputFormat.PNG, steps=2) -> GenerationRequest:
+    return GenerationRequest(
+        model=runner.name, prompt=prompt, width=256, height=256, steps=steps, guidance=3.0,
+        seed=seed, output_format=fmt,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def parts(tmp_path):
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    storage = LocalStorage(tmp_path / "blobs", tmp_path / "secret")
+    yield store, storage
+    store.close()
+
+
+def make_worker(parts, runner) -> Worker:
+    store, storage = parts
+    options = WorkerOptions(worker_id="test-worker", lease_seconds=30)
+    return Worker(store, storage, runner, options, threading.Event(), threading.Event())
+
+
+def run_jobs(parts, runner, requests) -> list[Job]:
+    store, _ = parts
+    for index, req in enumerate(requests):
+        store.create(Job(id=f"job-{index}", request=req))
+    worker = make_worker(parts, runner)
+    while worker.run_once():
+        pass
+    return [store.get(f"job-{index}") for index in range(len(requests))]
+
+
+def test_same_seed_same_bytes_other_seed_differs(parts, runner):
+    storage = parts[1]
+    jobs = run_jobs(parts, runner, [request(runner, 5), request(runner, 5), request(runner, 6)])
+    assert all(job.status is JobStatus.SUCCEEDED for job in jobs)
+    first, again, other = (storage.get(job.result_keys[0]) for job in jobs)
+    assert first == again
+    assert first != other
+
+
+def test_each_output_format(parts, runner):
+    formats = list(OutputFormat)
+    jobs = run_jobs(parts, runner, [request(runner, fmt=f) for f in formats])
+    for job, fmt in zip(jobs, formats, strict=True):
+        assert job.result_keys == [f"results/{job.id}/0.{fmt.value}"]
+
+
+def test_failing_job_is_error_and_worker_goes_on(parts, runner):
+    failing = FailingForPrompt(runner, "boom")
+    jobs = run_jobs(
+        parts, failing, [request(runner, prompt="boom"), request(runner, prompt="fine")]
+    )
+    assert jobs[0].status is JobStatus.FAILED
+    assert jobs[0].error_code == "generation_failed"
+    assert "CUDA" not in jobs[0].error_message  # internal text stays in the log
+    assert jobs[0].id in jobs[0].error_message
+    assert jobs[1].status is JobStatus.SUCCEEDED
+
+
+def test_progress_reported_per_step(parts, runner):
+    store, _ = parts
+    seen: list[float] = []
+
+    class Recording:
+        name = runner.name
+
+        def generate(self, req, on_step, should_stop):
+            def spy(done, total):
+                on_step(done, total)
+                seen.append(store.get("job-0").progress)
+
+            return runner.generate(req, spy, should_stop)
+
+    run_jobs(parts, Recording(), [request(runner, steps=3)])
+    assert seen[-1] == 1.0
+    assert seen == sorted(seen)
+    assert 0 < seen[0] < 1
+
+
+def test_lost_lease_drops_result(parts, runner):
+    """A worker that lost its lease stops at the next step and writes nothing."""
+    store, storage = parts
+    store.create(Job(id="job-0", request=request(runner, steps=4)))
+    worker = make_worker(parts, runner)
+    job = store.claim("test-worker", [runner.name], 30)
+
+    class Evicting:
+        name = runner.name
+
+        def generate(self, req, on_step, should_stop):
+            def evict_then_step(done, total):
+                if done == 1:  # another server decided this worker was dead
+                    store.expire_leases("test-worker")
+                    store.requeue_expired(max_attempts=2)
+                on_step(done, total)
+
+            return runner.generate(req, evict_then_step, lambda: True)
+
+    worker.runner = Evicting()
+    worker.process(job)
+    after = store.get("job-0")
+    assert after.status is JobStatus.QUEUED
+    assert after.result_keys == []
