@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from fastapi.testclient import TestClient
+
 
 def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout

@@ -374,11 +374,6 @@ def test_accept_image_still_gets_json(idle_client):
         pytest.param({"steps": "many", "guidance": "strong"}, id="wrong-types"),
     ],
 )
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: convert.to_generation_request reads steps/guidance from pydantic extras on "
-    "FluxPro11Inputs (extra='allow'), so flux-pro-1.1 uses or chokes on them",
-)
 def test_flux_pro_11_ignores_steps_and_guidance(idle_client, extras):
     submitted = submit(idle_client, "/v1/flux-pro-1.1", {"prompt": "p", **extras})
     request = stored_request(idle_client, submitted["id"])

@@ -149,7 +149,7 @@ def test_job_that_kills_its_worker_twice_ends_as_error(servers, tiny_model_dir):
         worker_id = server.wait_ready()["workers"][0]["worker_id"]
         server.poll(killer["polling_url"], is_running)
         os.kill(int(worker_id.rsplit("-", 1)[1]), signal.SIGKILL)  # as the OOM killer would
-        server.poll("/readyz", lambda body: body["workers"][0]["worker_id"] != worker_id)
+        server.poll("/readyz", lambda body, old=worker_id: body["workers"][0]["worker_id"] != old)
 
     body = server.poll(killer["polling_url"], is_done)
     assert body["status"] == "Error"

@@ -266,11 +266,6 @@ def test_flux_pro_11_uses_the_model_defaults():
     assert (request.steps, request.guidance) == (28, 3.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: to_generation_request reads steps/guidance through getattr, which returns "
-    "pydantic extras on FluxPro11Inputs (extra='allow')",
-)
 def test_flux_pro_11_ignores_client_steps_and_guidance():
     inputs = FluxPro11Inputs.model_validate({"steps": 7, "guidance": 4.5})
     request = convert.to_generation_request("flux-pro-1.1", inputs, DEV)

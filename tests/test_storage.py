@@ -74,5 +74,7 @@ def test_expired_url_is_forbidden(client):
     storage = client.app.state.services.storage
     key = urlsplit(sample).path.removeprefix("/files/")
     past = int(time.time()) - 5
-    response = client.get(f"/files/{key}", params={"exp": past, "sig": storage.signer.signature(key, past)})
+    response = client.get(
+        f"/files/{key}", params={"exp": past, "sig": storage.signer.signature(key, past)}
+    )
     assert response.status_code == 403

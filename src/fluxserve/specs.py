@@ -10,6 +10,9 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
+# make-tiny writes this file into the model directory it builds.
+TINY_MARKER = "fluxserve_tiny.json"
+
 
 class ModelKind(StrEnum):
     """Which family a model belongs to; endpoint names are routed by kind."""
@@ -88,7 +91,7 @@ def infer_spec(name: str, model_dir: Path | None) -> ModelSpec:
     without is schnell-like. A directory written by ``make-tiny`` carries a marker and is
     treated as the tiny test model.
     """
-    if model_dir is not None and (model_dir / "fluxserve_tiny.json").exists():
+    if model_dir is not None and (model_dir / TINY_MARKER).exists():
         return replace(MODEL_SPECS["tiny"], name=name, source=str(model_dir))
     guidance_embeds = "schnell" not in name.lower()
     if model_dir is not None:

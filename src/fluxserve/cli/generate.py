@@ -41,13 +41,15 @@ def build_request(model_name: str, spec, args: argparse.Namespace) -> Generation
 
 
 def generate(settings: Settings, args: argparse.Namespace) -> int:
-    from fluxserve.runtime.diffusers_runner import FluxRunner
     from fluxserve.runtime.postprocess import encode_image, generation_metadata
     from fluxserve.weights import resolve_model
 
     configure_logging(settings.log_level)
+    # Check the model and the arguments before paying for importing torch.
     model = resolve_model(settings.model[0], settings.models_dir)
     request = build_request(model.name, model.spec, args)
+    from fluxserve.runtime.diffusers_runner import FluxRunner
+
     runner = FluxRunner(model, device=settings.device)
     runner.load()
     with tqdm(total=request.steps, desc="denoising", unit="step") as bar:

@@ -7,6 +7,7 @@ import argparse
 from fluxserve.config import Settings
 from fluxserve.errors import InvalidRequest
 from fluxserve.specs import MODEL_SPECS, ModelKind
+from fluxserve.specs import TINY_MARKER as MARKER
 
 
 def cached_repos() -> set[str]:
@@ -41,12 +42,13 @@ def list_models(settings: Settings) -> None:
 def models_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.models_command == "make-tiny":
         from fluxserve.logs import configure_logging
-        from fluxserve.runtime.tiny import MARKER, make_tiny
 
         configure_logging("warning")
         directory = args.directory
         if directory.exists() and any(directory.iterdir()) and not (directory / MARKER).exists():
             raise InvalidRequest("directory", f"{directory} exists and is not empty")
+        from fluxserve.runtime.tiny import make_tiny
+
         make_tiny(directory)
         print(f"wrote the tiny model (random weights, makes noise) to {directory}")
         print(f"serve it with: fluxserve serve --model {directory}")

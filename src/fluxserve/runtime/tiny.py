@@ -30,9 +30,12 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from fluxserve.specs import TINY_MARKER
+
 logger = logging.getLogger(__name__)
 
-MARKER = "fluxserve_tiny.json"
+MARKER = TINY_MARKER
+
 SEED = 0
 CLIP_MAX_LENGTH = 77  # as FLUX.1's CLIP-L
 T5_MAX_LENGTH = 512  # as FLUX.1's T5-XXL

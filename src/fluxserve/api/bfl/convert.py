@@ -24,12 +24,15 @@ def to_generation_request(endpoint: str, inputs: _Inputs, spec: ModelSpec) -> Ge
         raise InvalidRequest(
             "image_prompt", "image_prompt (FLUX Redux) is not supported by this server yet"
         )
-    steps = getattr(inputs, "steps", None) or spec.default_steps
+    # Only declared fields count: FLUX1.1 [pro] has no steps or guidance, and the copies a
+    # client sends anyway sit among the ignored extras.
+    declared = type(inputs).model_fields
+    steps = (getattr(inputs, "steps", None) if "steps" in declared else None) or spec.default_steps
     if steps > spec.max_steps:
         raise InvalidRequest(
             "steps", f"{spec.name} takes at most {spec.max_steps} steps, got {steps}", steps
         )
-    guidance = getattr(inputs, "guidance", None)
+    guidance = getattr(inputs, "guidance", None) if "guidance" in declared else None
     if not spec.uses_guidance:
         guidance = None  # timestep-distilled models have no guidance input
     elif guidance is None:
