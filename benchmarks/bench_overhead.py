@@ -1,0 +1,438 @@
+"""How much does serving a FLUX job over HTTP cost, beyond the diffusers pipeline call?
+
+One run, on the built-in ``tiny`` model at 256x256 (4 steps, guidance 3.0, JPEG output):
+
+(a) the bare pipeline: ``FluxPipeline.__call__`` with the arguments fluxserve's FluxRunner
+    passes, timed in this process; JPEG encoding (``encode_image`` + ``generation_metadata``)
+    is timed separately on each image, outside that timing.
+(b) a real server: ``fluxserve serve`` as a subprocess, one job at a time through the BFL
+    API (POST /v1/flux-dev, then GET the polling_url every ~2 ms until Ready), timed from
+    just before the POST to the response that says Ready.
+
+(a) runs to the end and its pipeline is freed before the server starts, so the two never
+compete for the CPU. The worker process is spawned with this process's environment and
+fluxserve never calls ``torch.set_num_threads``, so it uses the same torch thread default.
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_overhead.py [--jobs 30]
+
+See docs/benchmarks.md for what the figures mean and the last recorded run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+WIDTH = HEIGHT = 256
+STEPS = 4  # the tiny model's default
+GUIDANCE = 3.0
+MAX_SEQUENCE_LENGTH = 256  # the tiny model's spec, as FluxRunner passes it
+PROMPT = "a lighthouse on a rocky cliff at dusk, waves breaking below"
+WARMUP = 3
+MIN_JOBS = 20
+TARGET_OVERHEAD_MS = 15.0  # p50 overhead beyond image encoding
+READY_TIMEOUT = 300.0  # seconds for the server to load the model
+JOB_TIMEOUT = 120.0  # seconds for one job to become Ready
+WARMUP_SEED_BASE = 1_000_000  # warm-up seeds differ from the timed ones
+
+
+# -- statistics ------------------------------------------------------------------------------
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), linear interpolation between order statistics."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("percentile of no values")
+    rank = (len(ordered) - 1) * q / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass
+class Series:
+    name: str
+    seconds: list[float] = field(default_factory=list)
+
+    def p(self, q: float) -> float:
+        return percentile(self.seconds, q) * 1000.0
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.seconds) * 1000.0
+
+
+# -- hardware ----------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fresh_interpreter_threads() -> str:
+    """torch's thread default in a new interpreter with this environment (as the worker)."""
+    code = "import torch; print(torch.get_num_threads(), torch.get_num_interop_threads())"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+        )
+        intra, inter = out.stdout.split()
+        return f"{intra} intra-op / {inter} inter-op"
+    except (subprocess.SubprocessError, ValueError) as exc:
+        return f"unknown ({exc})"
+
+
+def hardware_lines() -> list[str]:
+    import diffusers
+    import torch
+
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    return [
+        f"CPU:            {cpu_model()} ({os.cpu_count()} logical cores, {affinity} usable)",
+        f"GPU:            {'CUDA available' if torch.cuda.is_available() else 'none (CPU run)'}",
+        f"Python:         {platform.python_version()} on {platform.system()} {platform.release()}",
+        f"torch:          {torch.__version__} (diffusers {diffusers.__version__})",
+        f"torch threads:  this process {torch.get_num_threads()} intra-op / "
+        f"{torch.get_num_interop_threads()} inter-op; fresh interpreter with the same "
+        f"environment, as the spawned worker: {fresh_interpreter_threads()}",
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}",
+    ]
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# -- (a) the bare pipeline ----------------------------------------------------------------------
+def bench_pipeline(model_dir: Path, jobs: int) -> tuple[Series, Series]:
+    import diffusers
+    import torch
+    import transformers
+
+    from fluxserve.domain import GenerationRequest, OutputFormat
+    from fluxserve.runtime.postprocess import encode_image, generation_metadata
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    pipe = diffusers.FluxPipeline.from_pretrained(model_dir, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+
+    def call(seed: int):
+        # As FluxRunner.generate: inference mode, a seeded CPU generator, the same kwargs.
+        generator = torch.Generator("cpu").manual_seed(seed)
+        with torch.inference_mode():
+            return pipe(
+                prompt=PROMPT,
+                width=WIDTH,
+                height=HEIGHT,
+                num_inference_steps=STEPS,
+                guidance_scale=GUIDANCE,
+                max_sequence_length=MAX_SEQUENCE_LENGTH,
+                generator=generator,
+            ).images
+
+    for i in range(WARMUP):
+        call(WARMUP_SEED_BASE + i)
+    pipeline, encode = Series("(a) pipeline call"), Series("JPEG encode + metadata")
+    for seed in range(jobs):
+        started = time.perf_counter()
+        images = call(seed)
+        pipeline.seconds.append(time.perf_counter() - started)
+
+        request = GenerationRequest(
+            model=model_dir.name,
+            prompt=PROMPT,
+            width=WIDTH,
+            height=HEIGHT,
+            steps=STEPS,
+            guidance=GUIDANCE,
+            seed=seed,
+            output_format=OutputFormat.JPEG,
+            endpoint="flux-dev",
+        )
+        started = time.perf_counter()
+        metadata = generation_metadata(request, True)
+        data = encode_image(images[0], OutputFormat.JPEG, metadata)
+        encode.seconds.append(time.perf_counter() - started)
+        assert data[:2] == b"\xff\xd8", "not a JPEG"
+
+    return pipeline, encode  # the pipeline is freed with this frame (main collects it)
+
+
+# -- (b) the server ---------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_command() -> list[str]:
+    script = Path(sys.executable).parent / "fluxserve"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", "fluxserve"]
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no server log)"
+
+
+def wait_ready(client: httpx.Client, proc: subprocess.Popen, log: Path) -> float:
+    started = time.perf_counter()
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}:\n{log_tail(log)}")
+        try:
+            if client.get("/readyz").status_code == 200:
+                return time.perf_counter() - started
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the server was not ready after {READY_TIMEOUT:.0f} s:\n{log_tail(log)}")
+
+
+@dataclass
+class JobTiming:
+    end_to_end: float  # POST sent -> the GET that answered Ready
+    submit: float  # POST round trip
+    worker: float  # the server's own start_time -> end_time (claim -> complete)
+    polls: int
+
+
+def run_job(client: httpx.Client, seed: int, poll_interval: float) -> JobTiming:
+    body = {
+        "prompt": PROMPT,
+        "width": WIDTH,
+        "height": HEIGHT,
+        "steps": STEPS,
+        "guidance": GUIDANCE,
+        "seed": seed,
+    }
+    started = time.perf_counter()
+    response = client.post("/v1/flux-dev", json=body)
+    submitted = time.perf_counter()
+    response.raise_for_status()
+    polling_url = response.json()["polling_url"]
+    polls = 0
+    deadline = time.monotonic() + JOB_TIMEOUT
+    while True:
+        result = client.get(polling_url)
+        polls += 1
+        result.raise_for_status()
+        payload = result.json()
+        status = payload["status"]
+        if status == "Ready":
+            finished = time.perf_counter()
+            break
+        if status != "Pending":
+            raise RuntimeError(f"job for seed {seed} ended {status}: {payload}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job for seed {seed} not Ready after {JOB_TIMEOUT:.0f} s")
+        time.sleep(poll_interval)
+    sample = payload["result"]
+    return JobTiming(
+        end_to_end=finished - started,
+        submit=submitted - started,
+        worker=sample["end_time"] - sample["start_time"],
+        polls=polls,
+    )
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGINT (uvicorn's graceful stop; the pool then stops its worker), then kill."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+        return
+    except subprocess.TimeoutExpired:
+        print("the server did not stop within 60 s of SIGINT; killing it", file=sys.stderr)
+    # The server runs in its own session, so its group is its pid and holds its worker.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def bench_server(
+    model_dir: Path, data_dir: Path, jobs: int, poll_interval: float, log_level: str, log: Path
+) -> tuple[list[JobTiming], float]:
+    port = free_port()
+    command = [
+        *server_command(),
+        "serve",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--log-level",
+        log_level,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as client:
+            ready_after = wait_ready(client, proc, log)
+            for i in range(WARMUP):
+                run_job(client, WARMUP_SEED_BASE + i, poll_interval)
+            timings = [run_job(client, seed, poll_interval) for seed in range(jobs)]
+    finally:
+        stop_server(proc)
+    return timings, ready_after
+
+
+# -- report ------------------------------------------------------------------------------------
+def row(name: str, p50: float, p95: float, mean: float | str) -> str:
+    mean_text = mean if isinstance(mean, str) else f"{mean:10.1f}"
+    return f"| {name:<44} | {p50:10.1f} | {p95:10.1f} | {mean_text:>10} |"
+
+
+def report(
+    pipeline: Series, encode: Series, e2e: Series, worker: Series, submit: Series
+) -> tuple[float, bool]:
+    overhead50 = e2e.p(50) - pipeline.p(50)
+    overhead95 = e2e.p(95) - pipeline.p(95)
+    beyond = overhead50 - encode.p(50)
+    met = beyond <= TARGET_OVERHEAD_MS
+    print()
+    print(f"| {'ms':<44} | {'p50':>10} | {'p95':>10} | {'mean':>10} |")
+    print(f"|{'-' * 46}|{'-' * 11}:|{'-' * 11}:|{'-' * 11}:|")
+    for series in (pipeline, encode, e2e, worker, submit):
+        print(row(series.name, series.p(50), series.p(95), series.mean))
+    print(row("overhead (b) - (a)", overhead50, overhead95, e2e.mean - pipeline.mean))
+    print(
+        row(
+            "overhead beyond encoding (overhead - enc p50)",
+            beyond,
+            overhead95 - encode.p(50),
+            e2e.mean - pipeline.mean - encode.p(50),
+        )
+    )
+    print(
+        f"| {'ratio (b) / (a)':<44} | {e2e.p(50) / pipeline.p(50):10.3f} | "
+        f"{e2e.p(95) / pipeline.p(95):10.3f} | {e2e.mean / pipeline.mean:10.3f} |"
+    )
+    print()
+    print("Overheads are percentile(b) - percentile(a) at the same percentile (p50, p95) and")
+    print("mean(b) - mean(a); 'beyond encoding' subtracts the encode p50 from each.")
+    verdict = "MET" if met else "NOT MET"
+    print(
+        f"Target: p50 overhead <= {TARGET_OVERHEAD_MS:.0f} ms beyond image encoding: "
+        f"{beyond:.1f} ms -> {verdict}"
+    )
+    return beyond, met
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--jobs", type=int, default=30, help=f"timed calls/jobs per side (>= {MIN_JOBS})"
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.002,
+        help="seconds between polls of get_result (default 0.002)",
+    )
+    parser.add_argument(
+        "--log-level", default="warning", help="the server's --log-level (default warning)"
+    )
+    parser.add_argument(
+        "--server-log", type=Path, default=None, help="keep the server's output in this file"
+    )
+    args = parser.parse_args(argv)
+    if args.jobs < MIN_JOBS:
+        parser.error(f"--jobs must be at least {MIN_JOBS}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from fluxserve.runtime.tiny import make_tiny
+
+    print(
+        f"fluxserve overhead benchmark: tiny model, {WIDTH}x{HEIGHT}, {STEPS} steps, "
+        f"guidance {GUIDANCE}, jpeg"
+    )
+    print(
+        f"  {args.jobs} timed runs per side after {WARMUP} warm-ups; "
+        f"poll interval {args.poll_interval * 1000:.1f} ms"
+    )
+    for line in hardware_lines():
+        print("  " + line)
+
+    with tempfile.TemporaryDirectory(prefix="fluxserve-bench-") as tmp:
+        root = Path(tmp)
+        model_dir = make_tiny(root / "tiny")
+
+        print(f"\n(a) bare pipeline ... (load average {load_average()})", flush=True)
+        started = time.perf_counter()
+        pipeline, encode = bench_pipeline(model_dir, args.jobs)
+        gc.collect()  # (a)'s pipeline is gone before the server starts
+        print(f"    done in {time.perf_counter() - started:.1f} s", flush=True)
+
+        print(f"(b) HTTP server ... (load average {load_average()})", flush=True)
+        log = root / "server.log"
+        started = time.perf_counter()
+        try:
+            timings, ready_after = bench_server(
+                model_dir, root / "data", args.jobs, args.poll_interval, args.log_level, log
+            )
+        finally:
+            if args.server_log is not None:
+                shutil.copyfile(log, args.server_log)
+        print(
+            f"    ready after {ready_after:.1f} s; done in {time.perf_counter() - started:.1f} s "
+            f"(load average {load_average()})",
+            flush=True,
+        )
+        polls = [t.polls for t in timings]
+        print(f"    polls per job: median {statistics.median(polls):.0f}, max {max(polls)}")
+
+    e2e = Series("(b) HTTP end-to-end (POST -> Ready)", [t.end_to_end for t in timings])
+    worker = Series("    of which worker claim -> complete", [t.worker for t in timings])
+    submit = Series("    of which POST round trip", [t.submit for t in timings])
+    report(pipeline, encode, e2e, worker, submit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
