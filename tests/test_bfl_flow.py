@@ -7,7 +7,7 @@ import io
 from PIL import Image
 
 from fluxserve.runtime.postprocess import read_metadata
-from tests.helpers import SMALL, poll_result
+from tests.helpers import SMALL, poll_result, wait_ready
 
 
 def test_submit_poll_download(client):
@@ -36,3 +36,35 @@ def test_submit_poll_download(client):
     assert meta["prompt"] == "a red fox"
     assert meta["seed"] == 7
     assert meta["ai_generated"] == "AI generated"
+
+
+def test_readyz_waits_for_the_worker(settings):
+    from fastapi.testclient import TestClient
+
+    from fluxserve.api.app import create_app
+
+    app = create_app(settings)
+    idle = TestClient(app)  # no lifespan: no worker started
+    assert idle.get("/healthz").status_code == 200
+    response = idle.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "not ready"
+    with TestClient(app) as running:
+        wait_ready(running)
+        (worker,) = running.get("/readyz").json()["workers"]
+        assert worker["model"] == "tiny"
+        assert worker["alive"]
+        assert worker["ready"]
+
+
+def test_progress_is_reported_while_pending(client):
+    job_id = client.post(
+        "/v1/flux-dev", json={"width": 256, "height": 256, "steps": 50, "seed": 1}
+    ).json()["id"]
+    seen = set()
+    body = client.get("/v1/get_result", params={"id": job_id}).json()
+    while body["status"] == "Pending":
+        seen.add(body["progress"])
+        body = client.get("/v1/get_result", params={"id": job_id}).json()
+    assert body["status"] == "Ready"
+    assert any(0 < p < 1 for p in seen), seen

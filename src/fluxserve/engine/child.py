@@ -6,12 +6,15 @@ import logging
 import os
 import signal
 import socket
+import threading
 
 from fluxserve.config import Settings
 from fluxserve.engine.worker import EventLike, Worker, WorkerOptions
 from fluxserve.weights import ResolvedModel
 
 logger = logging.getLogger(__name__)
+
+ORPHAN_CHECK_INTERVAL = 1.0  # seconds
 
 
 def run_worker(
@@ -39,6 +42,16 @@ def run_worker(
         store.close()
 
 
+def _stop_when_orphaned(parent_pid: int, stop: EventLike, wake: EventLike) -> None:
+    """A worker whose server died (kill -9) finishes its job and exits, rather than
+    competing with the workers of the next server for the GPU."""
+    while not stop.wait(ORPHAN_CHECK_INTERVAL):
+        if os.getppid() != parent_pid:
+            logger.warning("the server process is gone; this worker stops")
+            stop.set()
+            wake.set()
+
+
 def process_main(
     settings: Settings,
     model: ResolvedModel,
@@ -56,4 +69,7 @@ def process_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    threading.Thread(
+        target=_stop_when_orphaned, args=(os.getppid(), stop, wake), daemon=True
+    ).start()
     run_worker(settings, model, worker_id, wake, stop, ready)

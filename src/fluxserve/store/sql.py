@@ -201,6 +201,11 @@ class SqlJobStore:
     def requeue_expired(self, max_attempts: int, now: float | None = None) -> list[Job]:
         now = time.time() if now is None else now
         expired = (jobs.c.status == _RUNNING) & (jobs.c.lease_expires_at < now)
+        # A read first: the sweep runs twice a second and should not take the write lock
+        # (which progress updates need) when there is nothing to do, as is usual.
+        with self.engine.connect() as conn:
+            if conn.execute(sa.select(jobs.c.seq).where(expired).limit(1)).first() is None:
+                return []
         with self.engine.begin() as conn:
             failed = conn.execute(
                 jobs.update()
