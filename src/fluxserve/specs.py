@@ -10,6 +10,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
+from fluxserve.errors import InvalidRequest
+
 # make-tiny writes this file into the model directory it builds.
 TINY_MARKER = "fluxserve_tiny.json"
 
@@ -37,6 +39,21 @@ class ModelSpec:
     @property
     def uses_guidance(self) -> bool:
         return self.default_guidance is not None
+
+    def effective_steps(self, steps: int | None) -> int:
+        """``steps`` or this model's default; InvalidRequest past the model's maximum."""
+        steps = steps or self.default_steps
+        if not 1 <= steps <= self.max_steps:
+            raise InvalidRequest(
+                "steps", f"{self.name} takes 1 to {self.max_steps} steps, got {steps}", steps
+            )
+        return steps
+
+    def effective_guidance(self, guidance: float | None) -> float | None:
+        """``guidance`` or the default; None for models without a guidance input (schnell)."""
+        if not self.uses_guidance:
+            return None
+        return guidance if guidance is not None else self.default_guidance
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {

@@ -22,19 +22,13 @@ def build_request(model_name: str, spec, args: argparse.Namespace) -> Generation
         value = getattr(args, field)
         if value < 64 or value % 16:
             raise InvalidRequest(field, f"--{field} must be a multiple of 16 and at least 64")
-    steps = args.steps or spec.default_steps
-    if not 1 <= steps <= spec.max_steps:
-        raise InvalidRequest("steps", f"--steps must be 1-{spec.max_steps} for {spec.name}")
-    guidance = None
-    if spec.uses_guidance:
-        guidance = args.guidance if args.guidance is not None else spec.default_guidance
     return GenerationRequest(
         model=model_name,
         prompt=args.prompt,
         width=args.width,
         height=args.height,
-        steps=steps,
-        guidance=guidance,
+        steps=spec.effective_steps(args.steps),
+        guidance=spec.effective_guidance(args.guidance),
         seed=args.seed if args.seed is not None else random_seed(),
         output_format=OutputFormat(fmt),
     )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from fluxserve.api.bfl.protocol import AsyncResponse, ResultResponse, _Inputs
 from fluxserve.domain import GenerationRequest, Job, JobStatus, OutputFormat, random_seed
 from fluxserve.errors import InvalidRequest
 from fluxserve.specs import ModelSpec
+
+logger = logging.getLogger(__name__)
 
 STATUS_NAMES: dict[JobStatus, str] = {
     JobStatus.QUEUED: "Pending",
@@ -27,23 +31,17 @@ def to_generation_request(endpoint: str, inputs: _Inputs, spec: ModelSpec) -> Ge
     # Only declared fields count: FLUX1.1 [pro] has no steps or guidance, and the copies a
     # client sends anyway sit among the ignored extras.
     declared = type(inputs).model_fields
-    steps = (getattr(inputs, "steps", None) if "steps" in declared else None) or spec.default_steps
-    if steps > spec.max_steps:
-        raise InvalidRequest(
-            "steps", f"{spec.name} takes at most {spec.max_steps} steps, got {steps}", steps
-        )
+    steps = getattr(inputs, "steps", None) if "steps" in declared else None
     guidance = getattr(inputs, "guidance", None) if "guidance" in declared else None
-    if not spec.uses_guidance:
-        guidance = None  # timestep-distilled models have no guidance input
-    elif guidance is None:
-        guidance = spec.default_guidance
+    if inputs.model_extra:
+        logger.debug("%s: ignoring unknown fields %s", endpoint, sorted(inputs.model_extra))
     return GenerationRequest(
         model=spec.name,
         prompt=inputs.prompt,
         width=inputs.width,
         height=inputs.height,
-        steps=steps,
-        guidance=guidance,
+        steps=spec.effective_steps(steps),
+        guidance=spec.effective_guidance(guidance),
         seed=inputs.seed if inputs.seed is not None else random_seed(),
         output_format=OutputFormat(inputs.output_format or "jpeg"),
         safety_tolerance=inputs.safety_tolerance,
