@@ -9,9 +9,11 @@ One run, on the built-in ``tiny`` model at 256x256 (4 steps, guidance 3.0, JPEG 
     API (POST /v1/flux-dev, then GET the polling_url every ~2 ms until Ready), timed from
     just before the POST to the response that says Ready.
 
-(a) runs to the end and its pipeline is freed before the server starts, so the two never
-compete for the CPU. The worker process is spawned with this process's environment and
-fluxserve never calls ``torch.set_num_threads``, so it uses the same torch thread default.
+(a) and (b) alternate job by job in one run, so a change in the machine's speed during the
+run (common on shared VMs) hits both alike; they never overlap, so they never compete for
+the CPU. Both sides run torch on the same number of CPU threads: the count the
+server's worker picks by default (``configure_threads``: on CPU every core but one, which the
+API process and its clients need), or ``--torch-threads N`` for both.
 
 Usage (from the repository root)::
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import os
 import platform
 import shutil
@@ -52,6 +53,7 @@ TARGET_OVERHEAD_MS = 15.0  # p50 overhead beyond image encoding
 READY_TIMEOUT = 300.0  # seconds for the server to load the model
 JOB_TIMEOUT = 120.0  # seconds for one job to become Ready
 WARMUP_SEED_BASE = 1_000_000  # warm-up seeds differ from the timed ones
+NOISY_PERCENT = 10.0  # other processes' CPU (% of one core) above which a run is flagged
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -90,19 +92,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def fresh_interpreter_threads() -> str:
-    """torch's thread default in a new interpreter with this environment (as the worker)."""
-    code = "import torch; print(torch.get_num_threads(), torch.get_num_interop_threads())"
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-        )
-        intra, inter = out.stdout.split()
-        return f"{intra} intra-op / {inter} inter-op"
-    except (subprocess.SubprocessError, ValueError) as exc:
-        return f"unknown ({exc})"
-
-
 def hardware_lines() -> list[str]:
     import diffusers
     import torch
@@ -116,9 +105,6 @@ def hardware_lines() -> list[str]:
         f"GPU:            {'CUDA available' if torch.cuda.is_available() else 'none (CPU run)'}",
         f"Python:         {platform.python_version()} on {platform.system()} {platform.release()}",
         f"torch:          {torch.__version__} (diffusers {diffusers.__version__})",
-        f"torch threads:  this process {torch.get_num_threads()} intra-op / "
-        f"{torch.get_num_interop_threads()} inter-op; fresh interpreter with the same "
-        f"environment, as the spawned worker: {fresh_interpreter_threads()}",
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}",
     ]
 
@@ -130,19 +116,65 @@ def load_average() -> str:
         return "n/a"
 
 
+def other_cpu_seconds(exclude_sessions: set[int]) -> float | None:
+    """CPU time so far of every process outside ``exclude_sessions`` (with reaped children).
+
+    A gauge of other load on a shared machine; None where there is no /proc.
+    """
+    ticks = 0
+    try:
+        entries = list(os.scandir("/proc"))
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            # After "(comm)": state ppid pgrp session ... utime stime cutime cstime (11-14).
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) not in exclude_sessions:
+            ticks += sum(int(x) for x in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """How busy the rest of the machine was during a phase, in % of one core."""
+
+    def __init__(self, *extra_sessions: int) -> None:
+        self.sessions = {os.getsid(0), *extra_sessions}
+        self.cpu = other_cpu_seconds(self.sessions)
+        self.started = time.perf_counter()
+        self.percent: float | None = None
+
+    def stop(self) -> OtherLoad:
+        cpu = other_cpu_seconds(self.sessions)
+        if cpu is not None and self.cpu is not None:
+            self.percent = 100.0 * (cpu - self.cpu) / (time.perf_counter() - self.started)
+        return self
+
+    def __str__(self) -> str:
+        return "n/a" if self.percent is None else f"{self.percent:.0f}% of one core"
+
+
 # -- (a) the bare pipeline ----------------------------------------------------------------------
-def bench_pipeline(model_dir: Path, jobs: int) -> tuple[Series, Series]:
+def load_pipeline(model_dir: Path, device: str, threads: int | None):
+    """A ``call(seed) -> images`` over the bare FluxPipeline, and the torch thread count."""
     import diffusers
     import torch
     import transformers
 
-    from fluxserve.domain import GenerationRequest, OutputFormat
-    from fluxserve.runtime.postprocess import encode_image, generation_metadata
+    from fluxserve.runtime.device import configure_threads, pick_device, pick_dtype
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    pipe = diffusers.FluxPipeline.from_pretrained(model_dir, dtype=torch.float32)
+    # The device and dtype the server's worker picks for the same --device (CPU: float32).
+    torch_device = pick_device(device)
+    pipe = diffusers.FluxPipeline.from_pretrained(model_dir, dtype=pick_dtype(torch_device))
     pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(torch_device)
+    threads = configure_threads(torch_device, threads)  # as the worker's FluxRunner.load
 
     def call(seed: int):
         # As FluxRunner.generate: inference mode, a seeded CPU generator, the same kwargs.
@@ -158,32 +190,24 @@ def bench_pipeline(model_dir: Path, jobs: int) -> tuple[Series, Series]:
                 generator=generator,
             ).images
 
-    for i in range(WARMUP):
-        call(WARMUP_SEED_BASE + i)
-    pipeline, encode = Series("(a) pipeline call"), Series("JPEG encode + metadata")
-    for seed in range(jobs):
-        started = time.perf_counter()
-        images = call(seed)
-        pipeline.seconds.append(time.perf_counter() - started)
+    return call, threads
 
-        request = GenerationRequest(
-            model=model_dir.name,
-            prompt=PROMPT,
-            width=WIDTH,
-            height=HEIGHT,
-            steps=STEPS,
-            guidance=GUIDANCE,
-            seed=seed,
-            output_format=OutputFormat.JPEG,
-            endpoint="flux-dev",
-        )
-        started = time.perf_counter()
-        metadata = generation_metadata(request, True)
-        data = encode_image(images[0], OutputFormat.JPEG, metadata)
-        encode.seconds.append(time.perf_counter() - started)
-        assert data[:2] == b"\xff\xd8", "not a JPEG"
 
-    return pipeline, encode  # the pipeline is freed with this frame (main collects it)
+def time_encode(image, seed: int) -> float:
+    """Seconds to encode ``image`` as the worker does (JPEG with generation metadata)."""
+    from fluxserve.domain import GenerationRequest, OutputFormat
+    from fluxserve.runtime.postprocess import encode_image, generation_metadata
+
+    request = GenerationRequest(
+        model="tiny", prompt=PROMPT, width=WIDTH, height=HEIGHT, steps=STEPS,
+        guidance=GUIDANCE, seed=seed, output_format=OutputFormat.JPEG, endpoint="flux-dev",
+    )  # fmt: skip
+    started = time.perf_counter()
+    data = encode_image(image, OutputFormat.JPEG, generation_metadata(request, True))
+    elapsed = time.perf_counter() - started
+    if data[:2] != b"\xff\xd8":
+        raise RuntimeError("encode_image did not produce a JPEG")
+    return elapsed
 
 
 # -- (b) the server ---------------------------------------------------------------------------
@@ -285,22 +309,15 @@ def stop_server(proc: subprocess.Popen) -> None:
     proc.wait(timeout=10)
 
 
-def bench_server(
-    model_dir: Path, data_dir: Path, jobs: int, poll_interval: float, log_level: str, log: Path
-) -> tuple[list[JobTiming], float]:
+@contextlib.contextmanager
+def running_server(model_dir: Path, data_dir: Path, args: argparse.Namespace, log: Path):
+    """``fluxserve serve`` in its own session; yields (client, pid, seconds until ready)."""
     port = free_port()
     command = [
-        *server_command(),
-        "serve",
-        "--model",
-        str(model_dir),
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        str(port),
-        "--log-level",
-        log_level,
-    ]
+        *server_command(), "serve", "--model", str(model_dir), "--data-dir", str(data_dir),
+        "--port", str(port), "--device", args.device, "--torch-threads", str(args.torch_threads),
+        "--log-level", args.log_level,
+    ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
@@ -308,19 +325,45 @@ def bench_server(
         )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30.0) as client:
-            ready_after = wait_ready(client, proc, log)
-            for i in range(WARMUP):
-                run_job(client, WARMUP_SEED_BASE + i, poll_interval)
-            timings = [run_job(client, seed, poll_interval) for seed in range(jobs)]
+            yield client, proc.pid, wait_ready(client, proc, log)
     finally:
         stop_server(proc)
-    return timings, ready_after
+
+
+def bench_interleaved(
+    call, client: httpx.Client, server_pid: int, args: argparse.Namespace
+) -> tuple[Series, Series, list[JobTiming], OtherLoad]:
+    """(a) and (b) alternate, job by job, so drift in the machine's speed hits both alike.
+
+    They never overlap: while (a) runs the server is idle (its worker waits on an event).
+    The order flips every round so neither side always runs right after the other.
+    """
+    for i in range(WARMUP):
+        call(WARMUP_SEED_BASE + i)
+        run_job(client, WARMUP_SEED_BASE + i, args.poll_interval)
+    pipeline, encode = Series("(a) pipeline call"), Series("JPEG encode + metadata")
+    timings: list[JobTiming] = []
+    load = OtherLoad(server_pid)  # the server runs in its own session
+
+    def side_a(seed: int) -> None:
+        started = time.perf_counter()
+        images = call(seed)
+        pipeline.seconds.append(time.perf_counter() - started)
+        encode.seconds.append(time_encode(images[0], seed))
+
+    def side_b(seed: int) -> None:
+        timings.append(run_job(client, seed, args.poll_interval))
+
+    for seed in range(args.jobs):
+        first, second = (side_a, side_b) if seed % 2 == 0 else (side_b, side_a)
+        first(seed)
+        second(seed)
+    return pipeline, encode, timings, load.stop()
 
 
 # -- report ------------------------------------------------------------------------------------
-def row(name: str, p50: float, p95: float, mean: float | str) -> str:
-    mean_text = mean if isinstance(mean, str) else f"{mean:10.1f}"
-    return f"| {name:<44} | {p50:10.1f} | {p95:10.1f} | {mean_text:>10} |"
+def row(name: str, p50: float, p95: float, mean: float) -> str:
+    return f"| {name:<46} | {p50:10.1f} | {p95:10.1f} | {mean:10.1f} |"
 
 
 def report(
@@ -331,8 +374,8 @@ def report(
     beyond = overhead50 - encode.p(50)
     met = beyond <= TARGET_OVERHEAD_MS
     print()
-    print(f"| {'ms':<44} | {'p50':>10} | {'p95':>10} | {'mean':>10} |")
-    print(f"|{'-' * 46}|{'-' * 11}:|{'-' * 11}:|{'-' * 11}:|")
+    print(f"| {'ms':<46} | {'p50':>10} | {'p95':>10} | {'mean':>10} |")
+    print(f"|{'-' * 48}|{'-' * 11}:|{'-' * 11}:|{'-' * 11}:|")
     for series in (pipeline, encode, e2e, worker, submit):
         print(row(series.name, series.p(50), series.p(95), series.mean))
     print(row("overhead (b) - (a)", overhead50, overhead95, e2e.mean - pipeline.mean))
@@ -345,7 +388,7 @@ def report(
         )
     )
     print(
-        f"| {'ratio (b) / (a)':<44} | {e2e.p(50) / pipeline.p(50):10.3f} | "
+        f"| {'ratio (b) / (a)':<46} | {e2e.p(50) / pipeline.p(50):10.3f} | "
         f"{e2e.p(95) / pipeline.p(95):10.3f} | {e2e.mean / pipeline.mean:10.3f} |"
     )
     print()
@@ -371,6 +414,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="seconds between polls of get_result (default 0.002)",
     )
     parser.add_argument(
+        "--device",
+        default="auto",
+        help="torch device for both sides, passed to the server as --device (default auto: "
+        "cuda when available, else cpu)",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads for both sides (default: what the server's worker picks)",
+    )
+    parser.add_argument(
         "--log-level", default="warning", help="the server's --log-level (default warning)"
     )
     parser.add_argument(
@@ -386,15 +441,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import transformers
+
     from fluxserve.runtime.tiny import make_tiny
 
+    transformers.utils.logging.disable_progress_bar()  # make_tiny's "Writing model shards"
     print(
         f"fluxserve overhead benchmark: tiny model, {WIDTH}x{HEIGHT}, {STEPS} steps, "
         f"guidance {GUIDANCE}, jpeg"
     )
     print(
         f"  {args.jobs} timed runs per side after {WARMUP} warm-ups; "
-        f"poll interval {args.poll_interval * 1000:.1f} ms"
+        f"poll interval {args.poll_interval * 1000:.1f} ms; device {args.device}"
     )
     for line in hardware_lines():
         print("  " + line)
@@ -402,34 +460,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fluxserve-bench-") as tmp:
         root = Path(tmp)
         model_dir = make_tiny(root / "tiny")
-
-        print(f"\n(a) bare pipeline ... (load average {load_average()})", flush=True)
-        started = time.perf_counter()
-        pipeline, encode = bench_pipeline(model_dir, args.jobs)
-        gc.collect()  # (a)'s pipeline is gone before the server starts
-        print(f"    done in {time.perf_counter() - started:.1f} s", flush=True)
-
-        print(f"(b) HTTP server ... (load average {load_average()})", flush=True)
+        call, args.torch_threads = load_pipeline(model_dir, args.device, args.torch_threads)
+        print(f"  torch CPU threads, both sides: {args.torch_threads}")
         log = root / "server.log"
+        print(f"\nserver starting ... (load average {load_average()})", flush=True)
         started = time.perf_counter()
         try:
-            timings, ready_after = bench_server(
-                model_dir, root / "data", args.jobs, args.poll_interval, args.log_level, log
-            )
+            with running_server(model_dir, root / "data", args, log) as (client, pid, ready):
+                print(f"    ready after {ready:.1f} s; (a) and (b) interleaved ...", flush=True)
+                pipeline, encode, timings, load = bench_interleaved(call, client, pid, args)
         finally:
-            if args.server_log is not None:
+            if args.server_log is not None and log.exists():
                 shutil.copyfile(log, args.server_log)
-        print(
-            f"    ready after {ready_after:.1f} s; done in {time.perf_counter() - started:.1f} s "
-            f"(load average {load_average()})",
-            flush=True,
-        )
+        print(f"    done in {time.perf_counter() - started:.1f} s (load average {load_average()})")
         polls = [t.polls for t in timings]
         print(f"    polls per job: median {statistics.median(polls):.0f}, max {max(polls)}")
 
+    print(f"\nOther processes' CPU during the timed runs: {load}")
+    if load.percent is not None and load.percent > NOISY_PERCENT:
+        print(
+            f"WARNING: other processes used more than {NOISY_PERCENT:.0f}% of a core while this "
+            "ran; the figures are inflated by that load. Run again on a quiet machine."
+        )
     e2e = Series("(b) HTTP end-to-end (POST -> Ready)", [t.end_to_end for t in timings])
-    worker = Series("    of which worker claim -> complete", [t.worker for t in timings])
-    submit = Series("    of which POST round trip", [t.submit for t in timings])
+    worker = Series("  of which worker claim -> complete (server)", [t.worker for t in timings])
+    submit = Series("  of which POST round trip", [t.submit for t in timings])
     report(pipeline, encode, e2e, worker, submit)
     return 0
 

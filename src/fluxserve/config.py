@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     device: str = Field(
         "auto", description="Torch device for the workers: auto, cuda, cuda:N, cpu."
     )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads torch may use in each worker. Default: on CPU, every core but "
+        "one (the API and its clients need one; torch threads that share cores stall each "
+        "other); on CUDA, torch's default.",
+    )
     result_url_ttl: int = Field(
         600, ge=1, description="Seconds a signed result-image URL stays valid."
     )

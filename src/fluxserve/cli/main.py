@@ -9,18 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from fluxserve import __version__
+from fluxserve.config import Settings
 from fluxserve.errors import FluxserveError
 
 
 def _settings_flags(parser: argparse.ArgumentParser, *names: str) -> None:
     """Add the Settings fields ``names`` as flags whose default is 'not given'."""
-    from fluxserve.config import Settings
-
     fields = Settings.model_fields
     for name in names:
         flag = "--" + name.replace("_", "-")
@@ -41,11 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="Run the HTTP server and its GPU workers.")
-    _settings_flags(
-        serve, "model", "alias", "host", "port", "data_dir", "public_url", "device",
-        "result_url_ttl", "metadata_prompt", "lease_seconds", "max_attempts", "worker_mode",
-        "log_level",
-    )  # fmt: skip
+    _settings_flags(serve, *Settings.model_fields)  # serve takes every setting
 
     generate = commands.add_parser("generate", help="Make one image in this process.")
     generate.add_argument("prompt", help="What to draw.")
@@ -68,16 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SETTINGS_KEYS = (
-    "model", "alias", "host", "port", "data_dir", "public_url", "device", "result_url_ttl",
-    "metadata_prompt", "lease_seconds", "max_attempts", "worker_mode", "log_level",
-)  # fmt: skip
-
-
-def settings_from(args: argparse.Namespace) -> Any:
-    from fluxserve.config import Settings
-
-    given = {k: v for k, v in vars(args).items() if k in SETTINGS_KEYS and v is not None}
+def settings_from(args: argparse.Namespace) -> Settings:
+    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
     return Settings(**given)
 
 

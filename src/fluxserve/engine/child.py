@@ -32,7 +32,7 @@ def run_worker(
 
     store = SqliteJobStore(settings.database_path)
     storage = LocalStorage(settings.results_dir, settings.data_dir / "url-secret")
-    runner = FluxRunner(model, device=settings.device)
+    runner = FluxRunner(model, device=settings.device, threads=settings.torch_threads)
     runner.load()
     ready.set()
     options = WorkerOptions(worker_id, settings.lease_seconds, settings.metadata_prompt)

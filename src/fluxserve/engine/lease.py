@@ -1,4 +1,4 @@
-"""Keeps a claimed job's lease alive from a background thread while the model runs."""
+"""Keeps the lease of the job a worker is running alive, from one background thread."""
 
 from __future__ import annotations
 
@@ -12,32 +12,46 @@ logger = logging.getLogger(__name__)
 
 
 class LeaseKeeper:
-    """Heartbeats every third of the lease; ``lost`` turns true if the store refuses one."""
+    """Heartbeats the held job every third of the lease; ``lost`` turns true when the store
+    refuses a heartbeat (the lease expired and the job was requeued or failed).
 
-    def __init__(self, store: JobStore, job: Job, lease_seconds: float) -> None:
+    One thread serves a worker's whole life, so holding a job costs no thread start.
+    """
+
+    def __init__(self, store: JobStore, lease_seconds: float) -> None:
         self._store = store
-        self._job = job
         self._lease_seconds = lease_seconds
-        self._done = threading.Event()
+        self._job: Job | None = None
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
         self.lost = False
-        self._thread = threading.Thread(target=self._beat, name=f"lease-{job.id}", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
+        self._thread = threading.Thread(target=self._beat, name="lease-keeper", daemon=True)
         self._thread.start()
-        return self
 
-    def __exit__(self, *_exc: object) -> None:
-        self._done.set()
+    def hold(self, job: Job) -> None:
+        with self._lock:
+            self._job, self.lost = job, False
+
+    def release(self) -> None:
+        with self._lock:
+            self._job = None
+
+    def close(self) -> None:
+        self._closed.set()
         self._thread.join()
 
     def _beat(self) -> None:
-        while not self._done.wait(self._lease_seconds / 3):
-            try:
-                alive = self._store.heartbeat(self._job.id, self._job.attempt, self._lease_seconds)
-            except Exception:  # a transient store error must not kill the job
-                logger.exception("heartbeat failed for job %s", self._job.id)
+        while not self._closed.wait(self._lease_seconds / 3):
+            with self._lock:
+                job = self._job
+            if job is None:
                 continue
-            if not alive:
-                logger.warning("lost the lease on job %s; its result will be dropped", self._job.id)
-                self.lost = True
-                return
+            try:
+                alive = self._store.heartbeat(job.id, job.attempt, self._lease_seconds)
+            except Exception:  # a transient store error must not end the heartbeats
+                logger.exception("heartbeat failed for job %s", job.id)
+                continue
+            with self._lock:
+                if not alive and self._job is job:
+                    logger.warning("lost the lease on job %s; its result will be dropped", job.id)
+                    self.lost = True

@@ -54,16 +54,20 @@ class Worker:
         self.options = options
         self.wake = wake
         self.stop = stop
+        self.lease = LeaseKeeper(store, options.lease_seconds)
 
     def run(self) -> None:
         """Process jobs until ``stop`` is set; the current job is finished first."""
         logger.info("worker %s serving %s", self.options.worker_id, self.runner.name)
-        while not self.stop.is_set():
-            # Clear before claiming: a submit that lands after the claim finds the queue
-            # empty sets the event again, so no wake-up is lost.
-            self.wake.clear()
-            if not self.run_once():
-                self.wake.wait(IDLE_RECHECK)
+        try:
+            while not self.stop.is_set():
+                # Clear before claiming: a submit that lands after the claim finds the queue
+                # empty sets the event again, so no wake-up is lost.
+                self.wake.clear()
+                if not self.run_once():
+                    self.wake.wait(IDLE_RECHECK)
+        finally:
+            self.lease.close()
 
     def run_once(self) -> bool:
         """Claim and process one job; False when the queue had nothing for this worker."""
@@ -77,39 +81,43 @@ class Worker:
 
     def process(self, job: Job) -> None:
         started = time.perf_counter()
-        with LeaseKeeper(self.store, job, self.options.lease_seconds) as lease:
-            try:
-                keys = self._generate_and_store(job, lease)
-            except GenerationCancelled:
-                logger.info("job %s stopped before it finished", job.id)
-                return
-            except Exception:
-                logger.exception("job %s failed", job.id)
-                self.store.fail(
-                    job.id,
-                    job.attempt,
-                    "generation_failed",
-                    f"Generation failed on the server; the operator's log has the cause "
-                    f"under job id {job.id}.",
-                )
-                return
+        self.lease.hold(job)
+        try:
+            keys = self._generate_and_store(job)
+        except GenerationCancelled:
+            logger.info("job %s stopped before it finished", job.id)
+            return
+        except Exception:
+            logger.exception("job %s failed", job.id)
+            self.store.fail(
+                job.id,
+                job.attempt,
+                "generation_failed",
+                f"Generation failed on the server; the operator's log has the cause "
+                f"under job id {job.id}.",
+            )
+            return
+        finally:
+            self.lease.release()
         if self.store.complete(job.id, job.attempt, keys):
             logger.info("job %s done in %.3f s", job.id, time.perf_counter() - started)
         else:
             logger.warning("job %s finished after its lease was lost; result dropped", job.id)
 
-    def _generate_and_store(self, job: Job, lease: LeaseKeeper) -> list[str]:
+    def _generate_and_store(self, job: Job) -> list[str]:
         request = job.request
-        last_write = 0.0
+        # Counting from the start: a job shorter than the interval writes no progress.
+        last_write = time.monotonic()
 
         def on_step(done: int, total: int) -> None:
             nonlocal last_write
             now = time.monotonic()
-            if now - last_write >= PROGRESS_WRITE_INTERVAL or done == total:
+            # The last step is not written: completing the job sets progress 1.0.
+            if done < total and now - last_write >= PROGRESS_WRITE_INTERVAL:
                 last_write = now
                 self.store.set_progress(job.id, job.attempt, done / total)
 
-        images = self.runner.generate(request, on_step, lambda: lease.lost)
+        images = self.runner.generate(request, on_step, lambda: self.lease.lost)
         metadata = generation_metadata(request, self.options.metadata_prompt)
         fmt = request.output_format
         keys = []

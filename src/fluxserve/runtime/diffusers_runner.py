@@ -13,7 +13,7 @@ from PIL import Image
 from fluxserve.domain import GenerationRequest
 from fluxserve.errors import GenerationCancelled, ModelLoadError
 from fluxserve.runtime.base import OnStep, ShouldStop
-from fluxserve.runtime.device import pick_device, pick_dtype
+from fluxserve.runtime.device import configure_threads, pick_device, pick_dtype
 from fluxserve.specs import ModelKind
 from fluxserve.weights import ResolvedModel
 
@@ -23,10 +23,13 @@ logger = logging.getLogger(__name__)
 class FluxRunner:
     """Generates with ``FluxPipeline``; owns the loop around it, not the math inside."""
 
-    def __init__(self, model: ResolvedModel, device: str = "auto") -> None:
+    def __init__(
+        self, model: ResolvedModel, device: str = "auto", threads: int | None = None
+    ) -> None:
         self.model = model
         self.name = model.name
         self._requested_device = device
+        self._threads = threads
         self.pipeline: FluxPipeline | None = None
 
     def load(self) -> None:
@@ -53,7 +56,8 @@ class FluxRunner:
             ) from exc
         pipeline.set_progress_bar_config(disable=True)
         self.pipeline = pipeline.to(device)
-        logger.info("loaded %s on %s (%s)", self.name, device, dtype)
+        threads = configure_threads(device, self._threads)
+        logger.info("loaded %s on %s (%s, %d CPU threads)", self.name, device, dtype, threads)
 
     def generate(
         self, request: GenerationRequest, on_step: OnStep, should_stop: ShouldStop

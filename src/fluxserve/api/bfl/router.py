@@ -59,8 +59,12 @@ def flux_pro(inputs: FluxProInputs, services: ServicesDep, base: BaseUrlDep, x_k
     return _submit("flux-pro", inputs, services, base)
 
 
+# async, so a poll is answered on the event loop without a thread-pool hop (which costs
+# more than the read itself): a SQLite read in WAL mode never waits for a writer.
 @router.get("/get_result", response_model=ResultResponse)
-def get_result(services: ServicesDep, base: BaseUrlDep, id: str = Query(...), x_key: XKey = None):
+async def get_result(
+    services: ServicesDep, base: BaseUrlDep, id: str = Query(...), x_key: XKey = None
+):
     """Status of a task and, once Ready, a signed link to its image."""
     job = services.jobs.get(id)
     if job is None:
