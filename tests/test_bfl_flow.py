@@ -68,3 +68,23 @@ def test_progress_is_reported_while_pending(client):
         body = client.get("/v1/get_result", params={"id": job_id}).json()
     assert body["status"] == "Ready"
     assert any(0 < p < 1 for p in seen), seen
+
+
+def test_public_url_is_the_base_of_every_link(tmp_path, tiny_model_dir):
+    from fastapi.testclient import TestClient
+
+    from fluxserve.api.app import create_app
+    from fluxserve.config import Settings
+
+    settings = Settings(
+        model=[str(tiny_model_dir)],
+        data_dir=tmp_path / "data",
+        worker_mode="thread",
+        public_url="https://images.example.com/",
+    )
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        submitted = client.post("/v1/flux-schnell", json={"seed": 1, **SMALL}).json()
+        assert submitted["polling_url"].startswith("https://images.example.com/v1/get_result?id=")
+        body = poll_result(client, submitted["id"])
+        assert body["result"]["sample"].startswith("https://images.example.com/files/results/")

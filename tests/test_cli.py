@@ -130,3 +130,30 @@ def test_api_layers_import_without_torch(module):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alias_to_unloaded_model_is_one_sentence(tmp_path, tiny_model_dir):
+    result = run(
+        "serve", "--model", str(tiny_model_dir), "--alias", "flux-pro=flux-dev",
+        "--data-dir", str(tmp_path), "--port", "0",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "--alias flux-pro=flux-dev points at a model that is not loaded" in result.stderr
+
+
+def test_serve_without_weights_offline_is_one_sentence(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = run("serve", "--data-dir", str(tmp_path / "data"), "--port", "0", env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "black-forest-labs/FLUX.1-schnell" in result.stderr
+
+
+def test_readme_documents_every_setting():
+    from fluxserve.config import Settings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`FLUXSERVE_{name.upper()}`" in readme, name
+        assert f"`--{name.replace('_', '-')}" in readme, name

@@ -27,7 +27,7 @@ from fluxserve.api.bfl.protocol import (
 from fluxserve.bootstrap import build_services
 from fluxserve.config import Settings
 from fluxserve.domain import MAX_SEED, GenerationRequest, Job, JobStatus, OutputFormat
-from fluxserve.errors import InvalidRequest, ModelNotAvailable
+from fluxserve.errors import ConfigurationError, InvalidRequest, ModelNotAvailable
 from fluxserve.jobs.routing import ENDPOINT_KINDS, ModelRouter
 from fluxserve.specs import MODEL_SPECS, ModelKind, ModelSpec
 from fluxserve.store.sql import jobs
@@ -131,7 +131,7 @@ def test_dev_endpoints_without_dev_model_raise():
 
 
 def test_alias_to_model_not_loaded_raises_at_construction():
-    with pytest.raises(ValueError, match="flux-pro=flux-dev") as raised:
+    with pytest.raises(ConfigurationError, match="flux-pro=flux-dev") as raised:
         ModelRouter(models(SCHNELL), aliases={"flux-pro": "flux-dev"})
     assert "loaded: flux-schnell" in str(raised.value)
 

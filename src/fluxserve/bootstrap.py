@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from fluxserve.config import Settings
-from fluxserve.errors import DataDirLocked
+from fluxserve.errors import ConfigurationError, DataDirLocked
 from fluxserve.jobs.routing import ModelRouter
 from fluxserve.jobs.service import JobService
 from fluxserve.storage.local import LocalStorage
@@ -87,6 +87,11 @@ def resolve_models(settings: Settings) -> dict[str, ResolvedModel]:
     models: dict[str, ResolvedModel] = {}
     for ref in settings.model:
         resolved = resolve_model(ref, settings.models_dir)
+        if resolved.name in models:
+            raise ConfigurationError(
+                f"--model {ref} and another --model both load a model named {resolved.name}; "
+                "load each model once."
+            )
         models[resolved.name] = resolved
     return models
 

@@ -7,7 +7,10 @@
     ├── ModelNotAvailable    no loaded model serves the endpoint (HTTP 404)
     ├── JobNotFound          unknown job id
     ├── ModelLoadError       weights missing or unreadable; message says what to do
+    ├── ConfigurationError   settings that cannot work together (an alias to no model)
+    ├── DataDirLocked        another server owns the data directory
     ├── GenerationFailed     the runtime failed on a job (stored on the job, never sent raw)
+    ├── GenerationCancelled  the denoising loop was stopped (lease lost)
     └── StorageError         a result image could not be stored or read
 
 Messages are written for the person who reads them: they name the field or model and say
@@ -49,6 +52,10 @@ class JobNotFound(FluxserveError):
 
 class ModelLoadError(FluxserveError):
     """Model weights could not be found, downloaded or read."""
+
+
+class ConfigurationError(FluxserveError):
+    """Settings that cannot work together, found at start-up."""
 
 
 class GenerationFailed(FluxserveError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fluxserve.errors import ModelNotAvailable
+from fluxserve.errors import ConfigurationError, ModelNotAvailable
 from fluxserve.specs import ModelKind, ModelSpec
 
 # The kind of model each text-to-image endpoint name stands for. The pro names are the
@@ -22,8 +22,8 @@ class ModelRouter:
         self.aliases = dict(aliases or {})
         for name, target in self.aliases.items():
             if target not in models:
-                raise ValueError(
-                    f"alias {name}={target} points at a model that is not loaded; "
+                raise ConfigurationError(
+                    f"--alias {name}={target} points at a model that is not loaded; "
                     f"loaded: {', '.join(models)}"
                 )
 
