@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -157,3 +158,27 @@ def test_readme_documents_every_setting():
     for name in Settings.model_fields:
         assert f"`FLUXSERVE_{name.upper()}`" in readme, name
         assert f"`--{name.replace('_', '-')}" in readme, name
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--log-level", "verbose"], {}, "--log-level"),
+        ([], {"FLUXSERVE_MODEL": ","}, "--model"),
+    ],
+)
+def test_bad_settings_are_reported(tmp_path, args, env, message):
+    result = run("serve", "--data-dir", str(tmp_path), *args, env={**os.environ, **env})
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("seed", ["-5", str(2**64)])
+def test_generate_seed_out_of_range(tmp_path, tiny_model_dir, seed):
+    result = run(
+        "generate", "x", "-o", str(tmp_path / "x.png"), "--model", str(tiny_model_dir),
+        "--seed", seed,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "--seed must be 0 to" in result.stderr

@@ -74,13 +74,17 @@ class Server:
         self.close()
 
     def stop(self) -> None:
+        """Ctrl-C; the server and its workers must exit cleanly, promptly."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
+                self.close()
+                raise AssertionError("the server did not stop within 30 s of SIGINT") from None
         self.close()
+        assert self.proc.returncode == 0, f"server exited with {self.proc.returncode}"
 
     def close(self) -> None:
         self.http.close()
@@ -158,3 +162,14 @@ def test_job_that_kills_its_worker_twice_ends_as_error(servers, tiny_model_dir):
     server.wait_ready()
     after = server.submit(seed=4, width=256, height=256)
     assert server.poll(after["polling_url"], is_done)["status"] == "Ready"
+
+
+def test_killed_idle_worker_is_replaced_and_serves(servers, tiny_model_dir):
+    """A worker killed while it waits for work must not wedge the wake-up of the next."""
+    server = servers(str(tiny_model_dir))
+    worker_id = server.wait_ready()["workers"][0]["worker_id"]
+    os.kill(int(worker_id.rsplit("-", 1)[1]), signal.SIGKILL)
+    server.poll("/readyz", lambda body: body["workers"][0]["worker_id"] != worker_id)
+    server.wait_ready()
+    submitted = server.submit(seed=5, width=256, height=256)
+    assert server.poll(submitted["polling_url"], is_done)["status"] == "Ready"

@@ -67,10 +67,10 @@ def test_stale_attempt_cannot_write(store):
     assert not store.set_progress("a", first.attempt, 0.5)
     assert not store.complete("a", first.attempt, ["results/a/0.jpeg"])
     assert not store.heartbeat("a", first.attempt, 30)
-    assert store.complete("a", second.attempt, ["results/a/0.png"])
+    assert store.complete("a", second.attempt, ["results/a/2-0.png"])
     done = store.get("a")
     assert done.status is JobStatus.SUCCEEDED
-    assert done.result_keys == ["results/a/0.png"]
+    assert done.result_keys == ["results/a/2-0.png"]
     assert done.progress == 1.0
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from fluxserve.domain import GenerationRequest, Job, JobStatus, OutputFormat
 from fluxserve.engine.lease import LeaseKeeper
+from fluxserve.engine.signals import Flag, Wakeup
 from fluxserve.engine.worker import Worker, WorkerOptions
 from fluxserve.runtime.diffusers_runner import FluxRunner
 from fluxserve.storage.local import LocalStorage
@@ -55,7 +55,7 @@ def parts(tmp_path):
 def make_worker(parts, runner) -> Worker:
     store, storage = parts
     options = WorkerOptions(worker_id="test-worker", lease_seconds=30)
-    return Worker(store, storage, runner, options, threading.Event(), threading.Event())
+    return Worker(store, storage, runner, options, Wakeup(), Flag())
 
 
 def run_jobs(parts, runner, requests) -> list[Job]:
@@ -81,7 +81,7 @@ def test_each_output_format(parts, runner):
     formats = list(OutputFormat)
     jobs = run_jobs(parts, runner, [request(runner, fmt=f) for f in formats])
     for job, fmt in zip(jobs, formats, strict=True):
-        assert job.result_keys == [f"results/{job.id}/0.{fmt.value}"]
+        assert job.result_keys == [f"results/{job.id}/1-0.{fmt.value}"]
 
 
 def test_failing_job_is_error_and_worker_goes_on(parts, runner):
@@ -117,29 +117,35 @@ def test_progress_reported_per_step(parts, runner):
 
 
 def test_lost_lease_drops_result(parts, runner):
-    """A worker that lost its lease stops at the next step and writes nothing."""
+    """A worker whose heartbeat is refused stops at the next step and writes nothing."""
     store, storage = parts
     store.create(Job(id="job-0", request=request(runner, steps=4)))
-    worker = make_worker(parts, runner)
-    job = store.claim("test-worker", [runner.name], 30)
+    options = WorkerOptions(worker_id="test-worker", lease_seconds=0.3)
+    worker = Worker(store, storage, runner, options, Wakeup(), Flag())
+    job = store.claim("test-worker", [runner.name], 0.3)
 
     class Evicting:
         name = runner.name
 
         def generate(self, req, on_step, should_stop):
-            def evict_then_step(done, total):
-                if done == 1:  # another server decided this worker was dead
+            def evict_then_wait(done, total):
+                on_step(done, total)
+                if done == 1:  # another server decides this worker is dead
                     store.expire_leases("test-worker")
                     store.requeue_expired(max_attempts=2)
-                on_step(done, total)
+                    deadline = time.monotonic() + 5
+                    while not should_stop() and time.monotonic() < deadline:
+                        time.sleep(0.01)  # the lease keeper's next heartbeat is refused
 
-            return runner.generate(req, evict_then_step, lambda: True)
+            return runner.generate(req, evict_then_wait, should_stop)
 
     worker.runner = Evicting()
     worker.process(job)
+    worker.lease.close()
     after = store.get("job-0")
     assert after.status is JobStatus.QUEUED
     assert after.result_keys == []
+    assert not any(storage.root.rglob("*.png"))
 
 
 def test_lease_keeper_heartbeats_and_notices_loss(parts):

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
 
     model: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["flux-schnell"],
+        min_length=1,
         description="Models to load: a registry name (flux-schnell, flux-dev, tiny), a Hugging "
         "Face repo id, or a local diffusers-format directory. Repeat the flag (or separate "
         "with commas) to load several.",
@@ -77,9 +78,16 @@ class Settings(BaseSettings):
         description="Run each model's worker in its own process (survives crashes) or in a "
         "thread of the server process.",
     )
-    log_level: str = Field("info", description="Logging level: debug, info, warning, error.")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="Logging level: debug, info, warning, error, critical."
+    )
 
     _split_model = field_validator("model", "alias", mode="before")(_split_list)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, level: object) -> object:
+        return level.lower() if isinstance(level, str) else level
 
     @field_validator("alias")
     @classmethod

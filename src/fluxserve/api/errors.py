@@ -8,8 +8,12 @@ both ``detail`` and ``message``, the two keys BFL's clients read.
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from fluxserve.errors import (
@@ -43,6 +47,26 @@ def error_body(message: str) -> dict[str, str]:
     return {"detail": message, "message": message}
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with what JSON cannot carry (NaN, Infinity, lone surrogates) made text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+async def handle_validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, except that it never fails to render the rejected input: FastAPI's
+    own handler answers 500 when the input was NaN or held a lone surrogate."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
 async def handle_fluxserve_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FluxserveError)
     if isinstance(exc, InvalidRequest):
@@ -64,3 +88,4 @@ async def handle_fluxserve_error(_request: Request, exc: Exception) -> JSONRespo
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(FluxserveError, handle_fluxserve_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)

@@ -7,7 +7,7 @@ import argparse
 from tqdm import tqdm
 
 from fluxserve.config import Settings
-from fluxserve.domain import GenerationRequest, OutputFormat, random_seed
+from fluxserve.domain import MAX_SEED, GenerationRequest, OutputFormat, random_seed
 from fluxserve.errors import InvalidRequest
 from fluxserve.logs import configure_logging
 
@@ -22,6 +22,8 @@ def build_request(model_name: str, spec, args: argparse.Namespace) -> Generation
         value = getattr(args, field)
         if value < 64 or value % 16:
             raise InvalidRequest(field, f"--{field} must be a multiple of 16 and at least 64")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise InvalidRequest("seed", f"--seed must be 0 to {MAX_SEED}")
     return GenerationRequest(
         model=model_name,
         prompt=args.prompt,

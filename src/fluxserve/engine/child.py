@@ -7,9 +7,11 @@ import os
 import signal
 import socket
 import threading
+import time
 
 from fluxserve.config import Settings
-from fluxserve.engine.worker import EventLike, Worker, WorkerOptions
+from fluxserve.engine.signals import Flag, Wakeup
+from fluxserve.engine.worker import Worker, WorkerOptions
 from fluxserve.weights import ResolvedModel
 
 logger = logging.getLogger(__name__)
@@ -21,9 +23,9 @@ def run_worker(
     settings: Settings,
     model: ResolvedModel,
     worker_id: str,
-    wake: EventLike,
-    stop: EventLike,
-    ready: EventLike,
+    wake: Wakeup,
+    stop: Flag,
+    ready: Flag,
 ) -> None:
     """Load ``model`` and process its jobs until ``stop`` is set."""
     from fluxserve.runtime.diffusers_runner import FluxRunner  # torch stays out of the API
@@ -42,10 +44,11 @@ def run_worker(
         store.close()
 
 
-def _stop_when_orphaned(parent_pid: int, stop: EventLike, wake: EventLike) -> None:
+def _stop_when_orphaned(parent_pid: int, stop: Flag, wake: Wakeup) -> None:
     """A worker whose server died (kill -9) finishes its job and exits, rather than
     competing with the workers of the next server for the GPU."""
-    while not stop.wait(ORPHAN_CHECK_INTERVAL):
+    while not stop.is_set():
+        time.sleep(ORPHAN_CHECK_INTERVAL)
         if os.getppid() != parent_pid:
             logger.warning("the server process is gone; this worker stops")
             stop.set()
@@ -56,9 +59,9 @@ def process_main(
     settings: Settings,
     model: ResolvedModel,
     worker_id: str,
-    wake: EventLike,
-    stop: EventLike,
-    ready: EventLike,
+    wake: Wakeup,
+    stop: Flag,
+    ready: Flag,
 ) -> None:
     """Entry point of a spawned worker process."""
     from fluxserve.logs import configure_logging
@@ -67,7 +70,7 @@ def process_main(
     # Ctrl-C reaches the whole process group; the server stops its workers itself, after
     # they finish the job in hand, so the worker ignores SIGINT and obeys SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: (stop.set(), wake.set()))
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
     threading.Thread(
         target=_stop_when_orphaned, args=(os.getppid(), stop, wake), daemon=True

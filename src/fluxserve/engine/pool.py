@@ -14,11 +14,12 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fluxserve.config import Settings
 from fluxserve.engine.child import process_main, run_worker
+from fluxserve.engine.signals import Flag, Wakeup
 from fluxserve.store.base import JobStore
 from fluxserve.weights import ResolvedModel
 
@@ -31,9 +32,9 @@ MAX_START_FAILURES = 3  # a worker that dies this often before it is ready is gi
 @dataclass
 class WorkerSlot:
     model: ResolvedModel
-    wake: Any
-    stop: Any
-    ready: Any
+    wake: Wakeup = field(default_factory=Wakeup)
+    stop: Flag = field(default_factory=Flag)
+    ready: Flag = field(default_factory=Flag)
     handle: Any = None
     worker_id: str = ""
     start_failures: int = 0
@@ -47,8 +48,7 @@ class WorkerPool:
         self.store = store
         self.mode = settings.worker_mode
         self._ctx = multiprocessing.get_context("spawn")
-        make_event = self._ctx.Event if self.mode == "process" else threading.Event
-        self.slots = [WorkerSlot(m, make_event(), make_event(), make_event()) for m in models]
+        self.slots = [WorkerSlot(model) for model in models]
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
         self._thread_count = 0
@@ -62,6 +62,9 @@ class WorkerPool:
     def stop(self, timeout: float = 60.0) -> None:
         """Ask every worker to stop after its current job, and wait for them."""
         self._stopping.set()
+        # The watcher first, so it cannot restart a worker that is exiting on request.
+        if self._watcher.is_alive():
+            self._watcher.join()
         for slot in self.slots:
             slot.stop.set()
             slot.wake.set()
@@ -72,10 +75,11 @@ class WorkerPool:
             slot.handle.join(max(0.0, deadline - time.monotonic()))
             if self.mode == "process" and slot.handle.is_alive():
                 logger.warning("worker %s did not stop in time; terminating it", slot.worker_id)
-                slot.handle.terminate()
+                slot.handle.terminate()  # SIGTERM: stop after the job in hand
                 slot.handle.join(5)
-        if self._watcher.is_alive():
-            self._watcher.join(5)
+                if slot.handle.is_alive():
+                    slot.handle.kill()
+                    slot.handle.join(5)
 
     def notify(self) -> None:
         """Wake idle workers: a job was queued."""
@@ -83,7 +87,7 @@ class WorkerPool:
             slot.wake.set()
 
     def is_ready(self) -> bool:
-        return all(
+        return bool(self.slots) and all(
             s.handle is not None and s.handle.is_alive() and s.ready.is_set() for s in self.slots
         )
 
@@ -102,8 +106,11 @@ class WorkerPool:
 
     # -- internals -----------------------------------------------------------------------
     def _start(self, slot: WorkerSlot) -> None:
-        slot.ready.clear()
-        slot.stop.clear()
+        if self._stopping.is_set():
+            return
+        # Fresh signals for each worker, shared memory in process mode.
+        ctx = self._ctx if self.mode == "process" else None
+        slot.wake, slot.stop, slot.ready = Wakeup(ctx), Flag(ctx), Flag(ctx)
         args = (self.settings, slot.model)
         if self.mode == "process":
             proc = self._ctx.Process(

@@ -24,11 +24,12 @@ PROGRESS_WRITE_INTERVAL = 0.05  # seconds; bounds database writes for very fast 
 IDLE_RECHECK = 5.0  # seconds; a safety net only: pickup is woken by the submit event
 
 
-class EventLike(Protocol):
-    def set(self) -> None: ...
-    def clear(self) -> None: ...
-    def is_set(self) -> bool: ...
+class WakeLike(Protocol):
     def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class FlagLike(Protocol):
+    def is_set(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,8 @@ class Worker:
         storage: BlobStorage,
         runner: Runner,
         options: WorkerOptions,
-        wake: EventLike,
-        stop: EventLike,
+        wake: WakeLike,
+        stop: FlagLike,
     ) -> None:
         self.store = store
         self.storage = storage
@@ -61,9 +62,8 @@ class Worker:
         logger.info("worker %s serving %s", self.options.worker_id, self.runner.name)
         try:
             while not self.stop.is_set():
-                # Clear before claiming: a submit that lands after the claim finds the queue
-                # empty sets the event again, so no wake-up is lost.
-                self.wake.clear()
+                # A submit that lands after a claim found the queue empty has set the
+                # wake-up, so the wait below returns at once: no wake-up is lost.
                 if not self.run_once():
                     self.wake.wait(IDLE_RECHECK)
         finally:
@@ -122,7 +122,7 @@ class Worker:
         fmt = request.output_format
         keys = []
         for index, image in enumerate(images):
-            key = result_key(job.id, index, fmt.value)
+            key = result_key(job.id, job.attempt, index, fmt.value)
             self.storage.put(key, encode_image(image, fmt, metadata), fmt.content_type)
             keys.append(key)
         return keys

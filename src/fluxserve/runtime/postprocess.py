@@ -15,6 +15,18 @@ JPEG_QUALITY = 95
 WEBP_QUALITY = 95
 EXIF_IMAGE_DESCRIPTION = 0x010E
 EXIF_SOFTWARE = 0x0131
+# A JPEG's EXIF segment holds at most 64 KiB; leave room for the other tags.
+EXIF_TEXT_LIMIT = 60_000
+
+
+def _exif_text(metadata: dict[str, object]) -> str:
+    """The metadata as JSON that fits in EXIF, shortening a very long prompt to fit."""
+    text = json.dumps(metadata)
+    prompt = metadata.get("prompt")
+    while len(text) > EXIF_TEXT_LIMIT and isinstance(prompt, str) and prompt:
+        prompt = prompt[: len(prompt) // 2]
+        text = json.dumps({**metadata, "prompt": prompt, "prompt_truncated": True})
+    return text
 
 
 def generation_metadata(request: GenerationRequest, include_prompt: bool) -> dict[str, object]:
@@ -45,7 +57,7 @@ def encode_image(image: Image.Image, fmt: OutputFormat, metadata: dict[str, obje
     else:
         exif = Image.Exif()
         exif[EXIF_SOFTWARE] = software
-        exif[EXIF_IMAGE_DESCRIPTION] = json.dumps(metadata)
+        exif[EXIF_IMAGE_DESCRIPTION] = _exif_text(metadata)
         rgb = image.convert("RGB")
         if fmt is OutputFormat.JPEG:
             rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY, exif=exif)

@@ -8,9 +8,13 @@ from typing import Protocol
 _KEY = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*\.[A-Za-z0-9]+$")
 
 
-def result_key(job_id: str, index: int, extension: str) -> str:
-    """``results/<job-id>/<n>.<ext>``: the one naming scheme for result images."""
-    return f"results/{job_id}/{index}.{extension}"
+def result_key(job_id: str, attempt: int, index: int, extension: str) -> str:
+    """``results/<job-id>/<attempt>-<n>.<ext>``: the one naming scheme for result images.
+
+    The attempt is in the name so that a worker which lost its lease, and writes its image
+    anyway before it learns so, cannot overwrite the image of the attempt that completes.
+    """
+    return f"results/{job_id}/{attempt}-{index}.{extension}"
 
 
 def is_valid_key(key: str) -> bool:

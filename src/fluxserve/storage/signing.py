@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,14 +19,13 @@ def load_or_create_secret(path: Path) -> bytes:
         return bytes.fromhex(path.read_text().strip())
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_bytes(32)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret-")  # mode 0600
     with os.fdopen(fd, "w") as handle:
         handle.write(secret.hex())
     # Another process may have won the race: keep the first secret written.
     with contextlib.suppress(FileExistsError):
         os.link(tmp, path)
-    tmp.unlink()
+    os.unlink(tmp)
     return bytes.fromhex(path.read_text().strip())
 
 
@@ -43,6 +43,6 @@ class UrlSigner:
 
     def verify(self, key: str, expires: int, signature: str) -> bool:
         """True when the signature matches and the expiry is still in the future."""
-        if expires < time.time():
-            return False
+        if expires < time.time() or not signature.isascii():
+            return False  # compare_digest refuses non-ASCII text: it is no signature of ours
         return hmac.compare_digest(self.signature(key, expires), signature)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from fluxserve.domain import MAX_SEED
@@ -27,11 +27,38 @@ def _multiple_of_32(value: int) -> int:
     return value
 
 
+def _not_bool(value: Any) -> Any:
+    # JSON true/false are not numbers, although pydantic's lax mode would take them as 1/0.
+    if isinstance(value, bool):
+        raise PydanticCustomError("number_type", "Input should be a number, not a boolean")
+    return value
+
+
+def _prompt_text(value: str | None) -> str:
+    if value is None:  # BFL's schema allows null: no prompt
+        return ""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError(
+            "string_unicode", "Input should be valid Unicode text (it holds a lone surrogate)"
+        ) from None
+    return value
+
+
+# The bool check comes last in each Annotated, so it wraps the constrained number schema
+# and pydantic still reports the bounds exactly (before it, 2**64-1 printed as a float).
+NotBool = BeforeValidator(_not_bool)
+Prompt = Annotated[str | None, AfterValidator(_prompt_text)]
 Dimension = Annotated[
     int,
     Field(ge=256, le=1440, description="Pixels; 256-1440, a multiple of 32."),
     AfterValidator(_multiple_of_32),
+    NotBool,
 ]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED), NotBool]
+Steps = Annotated[int, Field(ge=1, le=50), NotBool]
+Guidance = Annotated[float, Field(ge=1.5, le=5.0), NotBool]
 OutputFormatName = Literal["jpeg", "png", "webp"]
 
 
@@ -40,14 +67,16 @@ class _Inputs(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    prompt: str = Field("", description="What to draw.")
+    prompt: Prompt = Field("", description="What to draw.")
     image_prompt: str | None = Field(
         None, description="Base64 image to use as a prompt (FLUX Redux); not served yet."
     )
     width: Dimension = 1024
     height: Dimension = 768
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="0..2^64-1; random when absent.")
-    safety_tolerance: int = Field(2, ge=0, le=6, description="0 (strictest) to 6.")
+    seed: Seed | None = Field(None, description="0..2^64-1; random when absent.")
+    safety_tolerance: Annotated[int, Field(ge=0, le=6), NotBool] = Field(
+        2, description="0 (strictest) to 6."
+    )
     output_format: OutputFormatName | None = Field("jpeg", description="jpeg, png or webp.")
     prompt_upsampling: bool = Field(False, description="Rewrite the prompt before generating.")
     webhook_url: str | None = Field(None, min_length=1, max_length=2083)
@@ -55,18 +84,16 @@ class _Inputs(BaseModel):
 
 
 class FluxDevInputs(_Inputs):
-    steps: int | None = Field(None, ge=1, le=50, description="Denoising steps; default 28.")
-    guidance: float | None = Field(
-        None, ge=1.5, le=5.0, description="Guidance strength; default 3.0."
-    )
+    steps: Steps | None = Field(None, description="Denoising steps; default 28.")
+    guidance: Guidance | None = Field(None, description="Guidance strength; default 3.0.")
 
 
 class FluxSchnellInputs(_Inputs):
-    steps: int | None = Field(
-        None, ge=1, le=50, description="Denoising steps; default 4, at most 12 on FLUX.1 [schnell]."
+    steps: Steps | None = Field(
+        None, description="Denoising steps; default 4, at most 12 on FLUX.1 [schnell]."
     )
-    guidance: float | None = Field(
-        None, ge=1.5, le=5.0, description="Accepted for compatibility; schnell does not use it."
+    guidance: Guidance | None = Field(
+        None, description="Accepted for compatibility; schnell does not use it."
     )
 
 
@@ -75,10 +102,10 @@ class FluxPro11Inputs(_Inputs):
 
 
 class FluxProInputs(_Inputs):
-    steps: int | None = Field(None, ge=1, le=50, description="Denoising steps.")
-    guidance: float | None = Field(None, ge=1.5, le=5.0, description="Guidance strength.")
-    interval: float | None = Field(
-        None, ge=1, le=4, description="Accepted for compatibility; not used."
+    steps: Steps | None = Field(None, description="Denoising steps.")
+    guidance: Guidance | None = Field(None, description="Guidance strength.")
+    interval: Annotated[float, Field(ge=1, le=4), NotBool] | None = Field(
+        None, description="Accepted for compatibility; not used."
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
@@ -28,4 +30,6 @@ def get_file(
     except StorageError:
         return JSONResponse(error_body("This image no longer exists."), status_code=404)
     media_type = CONTENT_TYPES.get(key.rsplit(".", 1)[-1], "application/octet-stream")
-    return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=600"})
+    max_age = max(0, exp - int(time.time()))  # no cache keeps it past the link's expiry
+    headers = {"Cache-Control": f"private, max-age={max_age}"}
+    return Response(data, media_type=media_type, headers=headers)
