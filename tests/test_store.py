@@ -127,3 +127,10 @@ def test_survives_reopen(tmp_path):
     second = SqliteJobStore(path)
     assert second.get("a").status is JobStatus.QUEUED
     second.close()
+
+
+def test_queued_counts(store):
+    for job_id, model in [("a", "tiny"), ("b", "other"), ("c", "tiny")]:
+        store.create(make_job(job_id, model))
+    store.claim("w", ["tiny"], 30)
+    assert store.queued_counts() == {"tiny": 1, "other": 1}

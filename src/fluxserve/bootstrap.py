@@ -62,6 +62,13 @@ class Services:
         if self.store.expire_all_leases():
             for job in self.store.requeue_expired(self.settings.max_attempts):
                 logger.warning("job %s left by the last server -> %s", job.id, job.status.value)
+        for model, count in self.store.queued_counts().items():
+            if model not in self.models:
+                logger.warning(
+                    "%d queued job(s) wait for model %s, which this server does not load; "
+                    "they run when a server with --model %s starts",
+                    count, model, model,
+                )  # fmt: skip
         from fluxserve.engine.pool import WorkerPool
 
         self.workers = WorkerPool(self.settings, list(self.models.values()), self.store)

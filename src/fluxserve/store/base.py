@@ -23,6 +23,10 @@ class JobStore(Protocol):
         """How many queued jobs of the same model are ahead of this one (None if not queued)."""
         ...
 
+    def queued_counts(self) -> dict[str, int]:
+        """Queued jobs per model."""
+        ...
+
     def claim(self, worker_id: str, models: list[str], lease_seconds: float) -> Job | None:
         """Take the oldest queued job of one of ``models``; the job becomes running."""
         ...

@@ -94,6 +94,16 @@ class SqlJobStore:
         with self.engine.connect() as conn:
             return int(conn.execute(ahead).scalar_one())
 
+    def queued_counts(self) -> dict[str, int]:
+        """Queued jobs per model."""
+        stmt = (
+            sa.select(jobs.c.model, sa.func.count())
+            .where(jobs.c.status == JobStatus.QUEUED.value)
+            .group_by(jobs.c.model)
+        )
+        with self.engine.connect() as conn:
+            return {model: int(count) for model, count in conn.execute(stmt)}
+
     # -- writes --------------------------------------------------------------------------
     def create(self, job: Job) -> Job:
         values = {
