@@ -56,6 +56,7 @@ class Worker:
         self.wake = wake
         self.stop = stop
         self.lease = LeaseKeeper(store, options.lease_seconds)
+        self.last_model_seconds = 0.0  # the runner's share of the last job, for the log
 
     def run(self) -> None:
         """Process jobs until ``stop`` is set; the current job is finished first."""
@@ -100,7 +101,12 @@ class Worker:
         finally:
             self.lease.release()
         if self.store.complete(job.id, job.attempt, keys):
-            logger.info("job %s done in %.3f s", job.id, time.perf_counter() - started)
+            logger.info(
+                "job %s done in %.1f ms (model %.1f ms)",
+                job.id,
+                (time.perf_counter() - started) * 1000,
+                self.last_model_seconds * 1000,
+            )
         else:
             logger.warning("job %s finished after its lease was lost; result dropped", job.id)
 
@@ -117,7 +123,9 @@ class Worker:
                 last_write = now
                 self.store.set_progress(job.id, job.attempt, done / total)
 
+        started = time.perf_counter()
         images = self.runner.generate(request, on_step, lambda: self.lease.lost)
+        self.last_model_seconds = time.perf_counter() - started
         metadata = generation_metadata(request, self.options.metadata_prompt)
         fmt = request.output_format
         keys = []
