@@ -55,6 +55,10 @@ class GenerationRequest:
     safety_tolerance: int = 2
     prompt_upsampling: bool = False
     endpoint: str = ""
+    num_images: int = 1  # made as one batch, all from this seed's noise
+    acceleration: str = "none"  # fal's speed tier; given meaning by the performance engine
+    # Delivery, not generation: answer with data: URIs rather than links (fal's sync_mode).
+    inline_images: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -87,6 +91,7 @@ class Job:
     result_keys: list[str] = field(default_factory=list)
     error_code: str | None = None
     error_message: str | None = None
+    cancel_requested: bool = False
 
     @property
     def model(self) -> str:

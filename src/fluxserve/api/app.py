@@ -12,6 +12,7 @@ from fluxserve.api.bfl.router import router as bfl_router
 from fluxserve.api.common.files import router as files_router
 from fluxserve.api.common.health import router as health_router
 from fluxserve.api.errors import install_error_handlers
+from fluxserve.api.fal.router import router as fal_router
 from fluxserve.bootstrap import Services, build_services
 from fluxserve.config import Settings
 
@@ -38,4 +39,5 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(bfl_router)
     app.include_router(files_router)
+    app.include_router(fal_router)
     return app

@@ -1,8 +1,10 @@
-"""FluxserveError -> HTTP status and body: the only place that mapping lives.
+"""Errors -> HTTP status and body, per dialect: the only place that mapping lives.
 
-422s keep FastAPI's ``{"detail": [{"loc", "msg", "type"}]}`` shape, so a value rejected by
-a model's limits reads like one rejected by the wire schema. Other errors carry the text in
-both ``detail`` and ``message``, the two keys BFL's clients read.
+- BFL and fal: 422s keep FastAPI's ``{"detail": [{"loc", "msg", "type"}]}`` shape, so a value
+  rejected by a model's limits reads like one rejected by the wire schema. Other errors carry
+  the text in ``detail`` (and ``message`` for BFL's clients; ``error_type`` for fal's).
+- OpenAI: ``{"error": {"message", "type", "param", "code"}}``, and a bad parameter is a 400,
+  as the OpenAI SDK expects.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from fluxserve.errors import (
+    ConfigurationError,
     FluxserveError,
     InvalidRequest,
     JobNotFound,
@@ -32,8 +35,22 @@ STATUS_CODES: dict[type[FluxserveError], int] = {
     ModelNotAvailable: 404,
     JobNotFound: 404,
     ModelLoadError: 503,
+    ConfigurationError: 500,
     StorageError: 500,
 }
+ERROR_TYPES: dict[type[FluxserveError], str] = {
+    InvalidRequest: "invalid_request",
+    ModelNotAvailable: "model_not_available",
+    JobNotFound: "not_found",
+    ModelLoadError: "model_not_loaded",
+}
+OPENAI_PREFIXES = ("/v1/images", "/v1/models")
+
+
+def dialect_of(path: str) -> str:
+    if path.startswith(OPENAI_PREFIXES):
+        return "openai"
+    return "bfl" if path.startswith("/v1/") else "fal"
 
 
 def status_code_for(exc: FluxserveError) -> int:
@@ -43,8 +60,24 @@ def status_code_for(exc: FluxserveError) -> int:
     return 500
 
 
+def error_type_for(exc: FluxserveError) -> str:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TYPES:
+            return ERROR_TYPES[cls]
+    return "internal_error"
+
+
 def error_body(message: str) -> dict[str, str]:
+    """BFL's error body: the text under both keys its clients read."""
     return {"detail": message, "message": message}
+
+
+def openai_error(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status)
 
 
 def _json_safe(value: Any) -> Any:
@@ -60,30 +93,48 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-async def handle_validation_error(_request: Request, exc: Exception) -> JSONResponse:
-    """FastAPI's 422, except that it never fails to render the rejected input: FastAPI's
-    own handler answers 500 when the input was NaN or held a lone surrogate."""
+def _field_name(loc: Any) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 (a 400 in OpenAI's shape on OpenAI routes). Unlike FastAPI's own
+    handler it never fails to render the rejected input (NaN, lone surrogates)."""
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+    errors = _json_safe(jsonable_encoder(exc.errors()))
+    if dialect_of(request.url.path) == "openai":
+        first = errors[0]
+        field = _field_name(first["loc"])
+        message = "; ".join(f"{_field_name(e['loc'])}: {e['msg']}" for e in errors)
+        return openai_error(400, message, param=field, code=first["type"])
+    return JSONResponse({"detail": errors}, status_code=422)
 
 
-async def handle_fluxserve_error(_request: Request, exc: Exception) -> JSONResponse:
+async def handle_fluxserve_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FluxserveError)
-    if isinstance(exc, InvalidRequest):
-        detail = [
-            {
-                "loc": ["body", exc.field],
-                "msg": exc.message,
-                "type": "value_error",
-                "input": exc.value,
-            }
-        ]
-        return JSONResponse({"detail": detail}, status_code=422)
     status = status_code_for(exc)
+    message = exc.message
     if status >= 500:
         logger.error("request failed: %s", exc.message)
-        return JSONResponse(error_body("Internal server error."), status_code=status)
-    return JSONResponse(error_body(exc.message), status_code=status)
+        message = "Internal server error."
+    dialect = dialect_of(request.url.path)
+    if dialect == "openai":
+        field = getattr(exc, "field", None)
+        if isinstance(exc, InvalidRequest | ModelNotAvailable):
+            status = 400  # the SDK's BadRequestError: a parameter the caller can change
+        return openai_error(status, message, param=field, code=error_type_for(exc))
+    if isinstance(exc, InvalidRequest):
+        detail = [
+            {"loc": ["body", exc.field], "msg": message, "type": "value_error", "input": exc.value}
+        ]
+        return JSONResponse({"detail": _json_safe(detail)}, status_code=422)
+    if dialect == "fal":
+        body = {"detail": message, "error_type": error_type_for(exc)}
+        return JSONResponse(
+            body, status_code=status, headers={"X-Fal-Error-Type": body["error_type"]}
+        )
+    return JSONResponse(error_body(message), status_code=status)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -21,6 +21,7 @@ from fluxserve.store.base import JobStore
 logger = logging.getLogger(__name__)
 
 PROGRESS_WRITE_INTERVAL = 0.05  # seconds; bounds database writes for very fast steps
+CANCEL_CHECK_INTERVAL = 0.02  # seconds; bounds database reads for very fast steps
 IDLE_RECHECK = 5.0  # seconds; a safety net only: pickup is woken by the submit event
 
 
@@ -86,7 +87,10 @@ class Worker:
         try:
             keys = self._generate_and_store(job)
         except GenerationCancelled:
-            logger.info("job %s stopped before it finished", job.id)
+            if self.lease.lost:
+                logger.info("job %s stopped: its lease was lost", job.id)
+            elif self.store.cancel_running(job.id, job.attempt):
+                logger.info("job %s cancelled while running", job.id)
             return
         except Exception:
             logger.exception("job %s failed", job.id)
@@ -123,8 +127,18 @@ class Worker:
                 last_write = now
                 self.store.set_progress(job.id, job.attempt, done / total)
 
+        last_check, cancelled = 0.0, False
+
+        def should_stop() -> bool:
+            nonlocal last_check, cancelled
+            now = time.monotonic()
+            if not cancelled and now - last_check >= CANCEL_CHECK_INTERVAL:
+                last_check = now
+                cancelled = self.store.is_cancel_requested(job.id)
+            return cancelled or self.lease.lost
+
         started = time.perf_counter()
-        images = self.runner.generate(request, on_step, lambda: self.lease.lost)
+        images = self.runner.generate(request, on_step, should_stop)
         self.last_model_seconds = time.perf_counter() - started
         metadata = generation_metadata(request, self.options.metadata_prompt)
         fmt = request.output_format

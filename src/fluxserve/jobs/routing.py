@@ -13,6 +13,12 @@ ENDPOINT_KINDS: dict[str, ModelKind] = {
     "flux-schnell": ModelKind.SCHNELL,
     "flux-pro-1.1": ModelKind.DEV,
     "flux-pro": ModelKind.DEV,
+    # fal.ai endpoint ids
+    "fal-ai/flux/schnell": ModelKind.SCHNELL,
+    "fal-ai/flux/dev": ModelKind.DEV,
+    "fal-ai/flux-1/schnell": ModelKind.SCHNELL,
+    "fal-ai/flux-1/dev": ModelKind.DEV,
+    "fal-ai/flux-pro/v1.1": ModelKind.DEV,
 }
 
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import time
 import uuid
 from collections.abc import Callable
 
-from fluxserve.domain import GenerationRequest, Job
+from starlette.concurrency import run_in_threadpool
+
+from fluxserve.domain import GenerationRequest, Job, JobStatus
+from fluxserve.errors import JobNotFound
 from fluxserve.storage.base import BlobStorage
 from fluxserve.store.base import JobStore
+
+WAIT_POLL_MIN = 0.005  # seconds between store reads while a caller waits for a job
+WAIT_POLL_MAX = 0.05
 
 
 class JobService:
@@ -31,11 +39,54 @@ class JobService:
         self._notify()
         return job
 
+    async def submit_async(self, request: GenerationRequest) -> Job:
+        """``submit`` from async code: the store write runs in the thread pool."""
+        return await run_in_threadpool(self.submit, request)
+
     def get(self, job_id: str) -> Job | None:
         return self.store.get(job_id)
 
     def queue_position(self, job_id: str) -> int | None:
         return self.store.queue_position(job_id)
+
+    def cancel(self, job_id: str) -> JobStatus | None:
+        """Cancel a queued job, or ask its worker to stop a running one at the next step."""
+        return self.store.request_cancel(job_id)
+
+    async def wait(self, job_id: str, timeout: float) -> Job:
+        """The job once it has ended, polling the store (cheap reads) with a short backoff.
+
+        Raises TimeoutError when it has not ended within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        delay = WAIT_POLL_MIN
+        while True:
+            job = await run_in_threadpool(self.store.get, job_id)
+            if job is None:
+                raise JobNotFound(f"no job {job_id}")
+            if job.status.is_terminal:
+                return job
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, WAIT_POLL_MAX)
+
+    def data_uris(self, job: Job) -> list[str]:
+        """The job's images inline, as ``data:`` URIs."""
+        uris = []
+        for key in job.result_keys:
+            content_type = f"image/{key.rsplit('.', 1)[-1]}"
+            encoded = base64.b64encode(self.storage.get(key)).decode("ascii")
+            uris.append(f"data:{content_type};base64,{encoded}")
+        return uris
+
+    def read_images(self, job: Job) -> list[bytes]:
+        return [self.storage.get(key) for key in job.result_keys]
+
+    def forget_images(self, job: Job) -> None:
+        """Delete the job's images (sync_mode: the caller got them inline, keep nothing)."""
+        for key in job.result_keys:
+            self.storage.delete(key)
 
     def result_urls(self, job: Job, base_url: str) -> list[str]:
         """Fresh signed URLs for the job's images, valid for ``url_ttl`` seconds."""

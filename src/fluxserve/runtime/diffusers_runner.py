@@ -87,6 +87,7 @@ class FluxRunner:
                 # schnell ignores guidance; the pipeline needs a number anyway.
                 guidance_scale=request.guidance if request.guidance is not None else 0.0,
                 max_sequence_length=spec.max_sequence_length,
+                num_images_per_prompt=request.num_images,  # one batch, noise from one seed
                 generator=generator,
                 callback_on_step_end=step_end,
             )

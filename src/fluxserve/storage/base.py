@@ -29,6 +29,10 @@ class BlobStorage(Protocol):
         """The blob's bytes; raises StorageError if it does not exist."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Remove a blob; no error if it is already gone."""
+        ...
+
     def url(self, key: str, base_url: str, ttl_seconds: int) -> str:
         """An absolute URL that lets a client fetch ``key`` until it expires."""
         ...

@@ -37,6 +37,9 @@ class LocalStorage:
         except FileNotFoundError as exc:
             raise StorageError(f"blob {key!r} does not exist") from exc
 
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     def url(self, key: str, base_url: str, ttl_seconds: int) -> str:
         expires, signature = self.signer.sign(key, ttl_seconds)
         query = urlencode({"exp": expires, "sig": signature})

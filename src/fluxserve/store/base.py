@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from fluxserve.domain import Job
+from fluxserve.domain import Job, JobStatus
 
 
 class JobStore(Protocol):
@@ -41,6 +41,16 @@ class JobStore(Protocol):
 
     def fail(self, job_id: str, attempt: int | None, code: str, message: str) -> bool:
         """Mark failed; ``attempt`` None fails a queued job that no worker holds."""
+        ...
+
+    def request_cancel(self, job_id: str) -> JobStatus | None:
+        """Cancel a queued job, or flag a running one for its worker; the status after."""
+        ...
+
+    def is_cancel_requested(self, job_id: str) -> bool: ...
+
+    def cancel_running(self, job_id: str, attempt: int) -> bool:
+        """The worker's acknowledgement of a cancel: running -> cancelled (fenced)."""
         ...
 
     def expire_leases(self, worker_id: str) -> int:

@@ -33,6 +33,8 @@ jobs = sa.Table(
     sa.Column("result_keys", sa.Text),
     sa.Column("error_code", sa.String(64)),
     sa.Column("error_message", sa.Text),
+    # Set by a cancel of a running job; the worker polls it between steps.
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Index("ix_jobs_claim", "status", "model", "seq"),
 )
 
@@ -60,6 +62,7 @@ def row_to_job(row: Any) -> Job:
         result_keys=json.loads(m["result_keys"]) if m["result_keys"] else [],
         error_code=m["error_code"],
         error_message=m["error_message"],
+        cancel_requested=bool(m["cancel_requested"]),
     )
 
 
@@ -71,6 +74,15 @@ class SqlJobStore:
 
     def create_schema(self) -> None:
         metadata.create_all(self.engine)
+        # Columns added after a table was first created (create_all leaves tables alone).
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns("jobs")}
+        with self.engine.begin() as conn:
+            if "cancel_requested" not in present:
+                conn.execute(
+                    sa.text(
+                        "ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT 0"
+                    )
+                )
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -114,6 +126,7 @@ class SqlJobStore:
             "progress": job.progress,
             "attempt": job.attempt,
             "created_at": job.created_at or time.time(),
+            "cancel_requested": False,
         }
         with self.engine.begin() as conn:
             seq = conn.execute(jobs.insert().values(**values).returning(jobs.c.seq)).scalar_one()
@@ -192,6 +205,48 @@ class SqlJobStore:
         )
         with self.engine.begin() as conn:
             return conn.execute(stmt).rowcount == 1
+
+    def request_cancel(self, job_id: str) -> JobStatus | None:
+        """Cancel a queued job now, or ask the worker of a running one to stop.
+
+        Returns the job's status afterwards (None: no such job). A running job stays
+        running until its worker notices, at its next step.
+        """
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
+                .values(
+                    status=JobStatus.CANCELLED.value,
+                    finished_at=now,
+                    error_code="cancelled",
+                    error_message="The request was cancelled.",
+                )
+            )
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.status == _RUNNING)
+                .values(cancel_requested=True)
+            )
+            status = conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id)).scalar()
+        return JobStatus(status) if status is not None else None
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        with self.engine.connect() as conn:
+            stmt = sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)
+            return bool(conn.execute(stmt).scalar())
+
+    def cancel_running(self, job_id: str, attempt: int) -> bool:
+        return self._update_running(
+            job_id,
+            attempt,
+            status=JobStatus.CANCELLED.value,
+            error_code="cancelled",
+            error_message="The request was cancelled.",
+            finished_at=time.time(),
+            lease_expires_at=None,
+        )
 
     def expire_leases(self, worker_id: str) -> int:
         stmt = (

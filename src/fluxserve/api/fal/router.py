@@ -1,0 +1,157 @@
+"""fal routes: synchronous ``POST /<endpoint>``, and the queue under ``/queue``.
+
+Endpoint ids are ``owner/alias/subpath``; status, result and cancel live under
+``/queue/<owner>/<alias>/requests/<id>`` (also served with the subpath, as some clients
+build them so).
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from fluxserve.api.deps import BaseUrlDep, ServicesDep
+from fluxserve.api.fal import convert
+from fluxserve.api.fal.protocol import FluxInput, FluxProV11Input, Output, QueueSubmitted
+from fluxserve.bootstrap import Services
+from fluxserve.domain import Job, JobStatus
+
+router = APIRouter(tags=["fal"])
+
+# app id (owner/alias) -> subpaths; each app/subpath is one endpoint id.
+FAL_APPS: dict[str, list[str]] = {
+    "fal-ai/flux": ["schnell", "dev"],
+    "fal-ai/flux-1": ["schnell", "dev"],
+    "fal-ai/flux-pro": ["v1.1"],
+}
+SYNC_TIMEOUT = 600.0  # seconds a synchronous call waits for its job
+FAILED_STATUS = {JobStatus.CANCELLED: 400, JobStatus.FAILED: 500}
+
+
+def fal_error(status: int, detail: str, error_type: str) -> JSONResponse:
+    body = {"detail": detail, "error_type": error_type}
+    return JSONResponse(body, status_code=status, headers={"X-Fal-Error-Type": error_type})
+
+
+def input_model(endpoint: str) -> type:
+    return FluxProV11Input if endpoint.startswith("fal-ai/flux-pro/") else FluxInput
+
+
+def output_for(services: Services, job: Job, base: str) -> Output | JSONResponse:
+    """The output object of an ended job, or fal's error for one that did not succeed."""
+    if job.status is not JobStatus.SUCCEEDED:
+        message = job.error_message or "The request did not complete."
+        return fal_error(FAILED_STATUS.get(job.status, 500), message, job.error_code or "error")
+    if job.request.inline_images:
+        urls = services.jobs.data_uris(job)
+    else:
+        urls = services.jobs.result_urls(job, base)
+    return convert.to_output(job, urls)
+
+
+def make_sync(endpoint: str) -> Callable[..., Any]:
+    inputs_type = input_model(endpoint)
+
+    async def run_sync(inputs: inputs_type, services: ServicesDep, base: BaseUrlDep):
+        spec = services.router.route(endpoint)
+        job = await services.jobs.submit_async(
+            convert.to_generation_request(endpoint, inputs, spec)
+        )
+        try:
+            job = await services.jobs.wait(job.id, SYNC_TIMEOUT)
+        except TimeoutError:
+            return fal_error(504, "Request timed out", "request_timeout")
+        output = output_for(services, job, base)
+        if job.request.inline_images:  # sync_mode: the caller has the images; keep none
+            await run_in_threadpool(services.jobs.forget_images, job)
+        return output
+
+    run_sync.__doc__ = f"Run {endpoint} and answer with its output (as fal.run)."
+    return run_sync
+
+
+def make_submit(endpoint: str, app_id: str) -> Callable[..., Any]:
+    inputs_type = input_model(endpoint)
+
+    async def submit(inputs: inputs_type, services: ServicesDep, base: BaseUrlDep):
+        spec = services.router.route(endpoint)
+        job = await services.jobs.submit_async(
+            convert.to_generation_request(endpoint, inputs, spec)
+        )
+        position = services.jobs.queue_position(job.id) or 0
+        return convert.to_submitted(job, convert.QueueUrls(base, app_id, job.id), position)
+
+    submit.__doc__ = f"Queue a request to {endpoint} (as queue.fal.run)."
+    return submit
+
+
+def make_status(app_id: str) -> Callable[..., Any]:
+    async def status(
+        request_id: str, services: ServicesDep, base: BaseUrlDep, logs: bool = Query(False)
+    ):
+        job = services.jobs.get(request_id)
+        if job is None:
+            return fal_error(404, f"Request {request_id} not found", "not_found")
+        position = services.jobs.queue_position(job.id)
+        urls = convert.QueueUrls(base, app_id, job.id)
+        return convert.to_status(job, urls, position, logs)
+
+    status.__doc__ = "A queued request's status: IN_QUEUE, IN_PROGRESS or COMPLETED."
+    return status
+
+
+def make_result(app_id: str) -> Callable[..., Any]:
+    async def result(request_id: str, services: ServicesDep, base: BaseUrlDep):
+        job = services.jobs.get(request_id)
+        if job is None:
+            return fal_error(404, f"Request {request_id} not found", "not_found")
+        if not job.status.is_terminal:
+            return fal_error(400, "Request is still in progress", "still_in_progress")
+        output = output_for(services, job, base)
+        if isinstance(output, JSONResponse):
+            return output
+        content = output.model_dump(mode="json")
+        return JSONResponse(content, headers={"x-fal-request-id": job.id})
+
+    result.__doc__ = "The output of a completed request."
+    return result
+
+
+def make_cancel(app_id: str) -> Callable[..., Any]:
+    async def cancel(request_id: str, services: ServicesDep):
+        job = services.jobs.get(request_id)
+        if job is None:
+            return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
+        if job.status.is_terminal:
+            return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
+        await run_in_threadpool(services.jobs.cancel, request_id)
+        return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+
+    cancel.__doc__ = "Cancel a queued request, or stop a running one at its next step."
+    return cancel
+
+
+def _register() -> None:
+    for app_id, subpaths in FAL_APPS.items():
+        for subpath in subpaths:
+            endpoint = f"{app_id}/{subpath}"
+            router.add_api_route(
+                f"/{endpoint}", make_sync(endpoint), methods=["POST"], response_model=Output
+            )
+            router.add_api_route(
+                f"/queue/{endpoint}",
+                make_submit(endpoint, app_id),
+                methods=["POST"],
+                response_model=QueueSubmitted,
+            )
+        # Status, result and cancel without the subpath (fal's rule) and with it.
+        for prefix in [app_id, *(f"{app_id}/{sub}" for sub in subpaths)]:
+            root = f"/queue/{prefix}/requests/{{request_id}}"
+            router.add_api_route(f"{root}/status", make_status(app_id), methods=["GET"])
+            router.add_api_route(root, make_result(app_id), methods=["GET"])
+            router.add_api_route(f"{root}/cancel", make_cancel(app_id), methods=["PUT"])
+
+
+_register()
