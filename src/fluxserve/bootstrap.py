@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -49,6 +50,7 @@ class Services:
     router: ModelRouter
     workers: Any = None  # engine.pool.WorkerPool, imported lazily
     jobs: JobService = field(init=False)
+    started_at: float = field(default_factory=time.time)
     _lock: IO[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

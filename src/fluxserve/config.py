@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -46,6 +46,10 @@ class Settings(BaseSettings):
         description="Where the job database, result images, the URL-signing secret and the "
         "built tiny model live.",
     )
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) to serve HTTPS with; needs --tls-key."
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of --tls-cert.")
     public_url: str | None = Field(
         None,
         description="Base URL clients reach this server at (behind a proxy); by default "
@@ -97,6 +101,15 @@ class Settings(BaseSettings):
             if not sep or not name.strip() or not target.strip():
                 raise ValueError(f"alias {item!r} must look like NAME=MODEL")
         return aliases
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        return self
 
     @property
     def alias_map(self) -> dict[str, str]:

@@ -13,6 +13,7 @@ from fluxserve.api.common.files import router as files_router
 from fluxserve.api.common.health import router as health_router
 from fluxserve.api.errors import install_error_handlers
 from fluxserve.api.fal.router import router as fal_router
+from fluxserve.api.openai.router import router as openai_router
 from fluxserve.bootstrap import Services, build_services
 from fluxserve.config import Settings
 
@@ -31,7 +32,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app = FastAPI(
         title="fluxserve",
         version=__version__,
-        description="Self-hosted FLUX image generation behind the Black Forest Labs API.",
+        description="Self-hosted FLUX image generation behind the Black Forest Labs, fal.ai and "
+        "OpenAI Images APIs.",
         lifespan=lifespan,
     )
     app.state.services = services if services is not None else build_services(settings)
@@ -39,5 +41,6 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(bfl_router)
     app.include_router(files_router)
+    app.include_router(openai_router)
     app.include_router(fal_router)
     return app

@@ -84,9 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(p) for p in error["loc"])
-            print(
-                f"fluxserve: invalid --{field.replace('_', '-')}: {error['msg']}", file=sys.stderr
-            )
+            where = f"invalid --{field.replace('_', '-')}: " if field else ""
+            print(f"fluxserve: {where}{error['msg']}", file=sys.stderr)
         return 2
     except FluxserveError as exc:
         print(f"fluxserve: {exc.message}", file=sys.stderr)

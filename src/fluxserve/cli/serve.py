@@ -26,7 +26,14 @@ def serve(settings: Settings) -> int:
         for endpoint, model_name in services.router.table().items():
             logger.info("  /v1/%s -> %s", endpoint, model_name or "(not served)")
         app = create_app(settings, services)
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            ssl_certfile=settings.tls_cert,
+            ssl_keyfile=settings.tls_key,
+        )
     finally:
         lock.close()
     return 0
