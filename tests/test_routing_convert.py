@@ -50,12 +50,17 @@ def models(*specs: ModelSpec) -> dict[str, ModelSpec]:
 # -- ModelRouter ----------------------------------------------------------------------------
 
 
-def test_endpoint_kinds_cover_the_bfl_text_to_image_endpoints():
+def test_endpoint_kinds_cover_the_text_to_image_endpoints():
     assert ENDPOINT_KINDS == {
         "flux-dev": ModelKind.DEV,
         "flux-schnell": ModelKind.SCHNELL,
         "flux-pro-1.1": ModelKind.DEV,
         "flux-pro": ModelKind.DEV,
+        "fal-ai/flux/schnell": ModelKind.SCHNELL,
+        "fal-ai/flux/dev": ModelKind.DEV,
+        "fal-ai/flux-1/schnell": ModelKind.SCHNELL,
+        "fal-ai/flux-1/dev": ModelKind.DEV,
+        "fal-ai/flux-pro/v1.1": ModelKind.DEV,
     }
 
 
@@ -141,24 +146,24 @@ def test_table():
         models(renamed(DEV, "my-dev")),
         aliases={"flux-kontext-pro": "my-dev", "flux-pro": "my-dev"},
     )
-    assert router.table() == {
+    table = router.table()
+    assert {name: table[name] for name in BFL_ENDPOINTS} == {
         "flux-dev": "my-dev",
         "flux-schnell": None,
         "flux-pro-1.1": "my-dev",
         "flux-pro": "my-dev",
-        "flux-kontext-pro": "my-dev",
     }
-    assert list(router.table()) == [*BFL_ENDPOINTS, "flux-kontext-pro"]
+    assert table["flux-kontext-pro"] == "my-dev"
+    assert table["fal-ai/flux/dev"] == "my-dev"
+    assert table["fal-ai/flux/schnell"] is None
+    assert list(table) == [*ENDPOINT_KINDS, "flux-kontext-pro"]
 
 
 def test_table_with_both_kinds():
     router = ModelRouter(models(DEV, SCHNELL))
-    assert router.table() == {
-        "flux-dev": "flux-dev",
-        "flux-schnell": "flux-schnell",
-        "flux-pro-1.1": "flux-dev",
-        "flux-pro": "flux-dev",
-    }
+    expected = {name: kind.value.replace("dev", "flux-dev").replace("schnell", "flux-schnell")
+                for name, kind in ENDPOINT_KINDS.items()}  # fmt: skip
+    assert router.table() == expected
 
 
 # -- convert.to_generation_request ----------------------------------------------------------
