@@ -59,7 +59,7 @@ def test_readyz_waits_for_the_worker(settings):
 
 def test_progress_is_reported_while_pending(client):
     job_id = client.post(
-        "/v1/flux-dev", json={"width": 256, "height": 256, "steps": 50, "seed": 1}
+        "/v1/flux-dev", json={"width": 384, "height": 384, "steps": 50, "seed": 1}
     ).json()["id"]
     seen = set()
     body = client.get("/v1/get_result", params={"id": job_id}).json()

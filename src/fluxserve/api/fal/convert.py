@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from fluxserve.api.fal.protocol import (
     FluxInput,
@@ -97,8 +98,8 @@ def progress_logs(job: Job) -> list[dict[str, str]]:
     steps = job.request.steps
     done = round(job.progress * steps)
     logs = [_log(f"Generating {job.request.num_images} image(s), {steps} steps", job.started_at)]
-    if done:
-        logs.append(_log(f"Step {done}/{steps} ({job.progress:.0%})", job.started_at))
+    if done:  # the step's own time is not stored; this is when it was reported
+        logs.append(_log(f"Step {done}/{steps} ({job.progress:.0%})", time.time()))
     return logs
 
 
