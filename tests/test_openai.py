@@ -440,3 +440,33 @@ def test_body_not_an_object(idle_client):
         assert response.status_code == 400
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
     assert job_ids(idle_client) == set()
+
+
+def test_size_with_non_ascii_digits_is_a_clear_400(idle_openai_client_for_regressions):
+    response = idle_openai_client_for_regressions.post(
+        "/v1/images/generations", json={"prompt": "x", "size": "²56x256"}
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("size", "size_format")
+
+
+def test_malformed_json_names_no_parameter(idle_openai_client_for_regressions):
+    response = idle_openai_client_for_regressions.post(
+        "/v1/images/generations",
+        content='{"prompt": "x"',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] is None
+    assert error["message"].startswith("Invalid JSON body")
+
+
+@pytest.fixture
+def idle_openai_client_for_regressions(settings):
+    from fastapi.testclient import TestClient
+
+    from fluxserve.api.app import create_app
+
+    return TestClient(create_app(settings))  # no lifespan: nothing is generated

@@ -104,10 +104,15 @@ async def handle_validation_error(request: Request, exc: Exception) -> JSONRespo
     assert isinstance(exc, RequestValidationError)
     errors = _json_safe(jsonable_encoder(exc.errors()))
     if dialect_of(request.url.path) == "openai":
-        first = errors[0]
-        field = _field_name(first["loc"])
-        message = "; ".join(f"{_field_name(e['loc'])}: {e['msg']}" for e in errors)
-        return openai_error(400, message, param=field, code=first["type"])
+        # A body that is not JSON has no parameter to name (its loc holds a byte offset).
+        named = [
+            (None if e["type"] == "json_invalid" else _field_name(e["loc"]), e) for e in errors
+        ]
+        message = "; ".join(
+            f"{field}: {e['msg']}" if field else f"Invalid JSON body: {e['msg']}"
+            for field, e in named
+        )
+        return openai_error(400, message, param=named[0][0], code=errors[0]["type"])
     return JSONResponse({"detail": errors}, status_code=422)
 
 

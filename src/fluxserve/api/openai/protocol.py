@@ -6,6 +6,7 @@ as extra body fields (the SDK's ``extra_body``).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
@@ -38,12 +39,12 @@ def parse_size(value: str) -> tuple[int, int]:
     """``WxH`` (both sides 256-2048, multiples of 16) or ``auto``."""
     if value == "auto":
         return AUTO_SIZE
-    width, sep, height = value.partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
+    match = re.fullmatch(r"(\d+)x(\d+)", value, re.ASCII)
+    if match is None:
         raise PydanticCustomError(
             "size_format", "Input should be 'auto' or WIDTHxHEIGHT, e.g. 1024x1024"
         )
-    sides = int(width), int(height)
+    sides = int(match[1]), int(match[2])
     for side in sides:
         if not MIN_SIDE <= side <= MAX_SIDE or side % SIZE_STEP:
             raise PydanticCustomError(
