@@ -182,3 +182,18 @@ def test_generate_seed_out_of_range(tmp_path, tiny_model_dir, seed):
     )  # fmt: skip
     assert result.returncode == 1
     assert "--seed must be 0 to" in result.stderr
+
+
+def test_bad_tls_files_are_one_sentence(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not a certificate")
+    key.write_text("not a key")
+    result = run(
+        "serve", "--data-dir", str(tmp_path), "--tls-cert", str(cert), "--tls-key", str(key)
+    )
+    assert result.returncode == 2
+    assert "not a PEM certificate chain" in result.stderr
+    assert "Traceback" not in result.stderr
+    lonely = run("serve", "--data-dir", str(tmp_path), "--tls-cert", str(cert))
+    assert lonely.returncode == 2
+    assert "go together" in lonely.stderr

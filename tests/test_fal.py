@@ -27,7 +27,7 @@ from fluxserve.api.fal.convert import to_generation_request
 from fluxserve.api.fal.protocol import FluxInput
 from fluxserve.config import Settings
 from fluxserve.domain import MAX_SEED, GenerationRequest, Job, JobStatus, OutputFormat
-from fluxserve.errors import InvalidRequest, StorageError
+from fluxserve.errors import InvalidRequest
 from fluxserve.specs import MODEL_SPECS
 from fluxserve.store.sql import jobs
 
@@ -528,11 +528,20 @@ def test_sync_mode_returns_data_uris_and_keeps_nothing(client, settings, output_
 
     job = only_job(client)
     assert job.status is JobStatus.SUCCEEDED
-    assert len(job.result_keys) == 2
-    for key in job.result_keys:
-        with pytest.raises(StorageError):
-            client.app.state.services.storage.get(key)
+    assert job.result_keys == []  # handed over inline, then forgotten
     assert result_files(settings, job.id) == []
+
+
+def test_queued_sync_mode_hands_images_over_once(client, settings):
+    submitted = submit(client, "fal-ai/flux/dev", {"prompt": "once", "sync_mode": True, **FAST})
+    wait_status(client, submitted["status_url"], completed)
+    first = client.get(submitted["response_url"])
+    assert first.status_code == 200
+    assert first.json()["images"][0]["url"].startswith("data:image/jpeg;base64,")
+    assert result_files(settings, submitted["request_id"]) == []
+    again = client.get(submitted["response_url"])
+    assert again.status_code == 410
+    assert again.json()["error_type"] == "gone"
 
 
 def test_authorization_key_accepted(client):

@@ -134,3 +134,42 @@ def test_queued_counts(store):
         store.create(make_job(job_id, model))
     store.claim("w", ["tiny"], 30)
     assert store.queued_counts() == {"tiny": 1, "other": 1}
+
+
+def test_cancelled_running_job_whose_worker_died_ends_cancelled(store):
+    store.create(make_job("a"))
+    store.claim("w", ["tiny"], 30)
+    assert store.request_cancel("a") is JobStatus.RUNNING
+    store.expire_leases("w")
+    (job,) = store.requeue_expired(max_attempts=2)
+    assert job.status is JobStatus.CANCELLED
+    assert store.claim("w2", ["tiny"], 30) is None
+
+
+def test_forget_results_has_one_winner(store):
+    store.create(make_job("a"))
+    job = store.claim("w", ["tiny"], 30)
+    store.complete("a", job.attempt, ["results/a/1-0.png"])
+    assert store.forget_results("a", ["results/a/1-0.png"])
+    assert not store.forget_results("a", ["results/a/1-0.png"])
+    assert store.get("a").result_keys == []
+
+
+def test_schema_migration_adds_cancel_requested(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)  # the job table as the first release created it
+    old.execute(
+        "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id VARCHAR(64) NOT NULL "
+        "UNIQUE, model VARCHAR(200) NOT NULL, status VARCHAR(32) NOT NULL, request TEXT NOT "
+        "NULL, progress FLOAT NOT NULL, attempt INTEGER NOT NULL, worker_id VARCHAR(200), "
+        "lease_expires_at FLOAT, created_at FLOAT NOT NULL, started_at FLOAT, finished_at "
+        "FLOAT, result_keys TEXT, error_code VARCHAR(64), error_message TEXT)"
+    )
+    old.commit()
+    old.close()
+    migrated = SqliteJobStore(path)
+    migrated.create(make_job("a"))
+    assert migrated.request_cancel("a") is JobStatus.CANCELLED
+    migrated.close()

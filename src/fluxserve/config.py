@@ -6,6 +6,7 @@ CLI flags map one to one onto these fields. Nothing here is built at import time
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -109,6 +110,16 @@ class Settings(BaseSettings):
         for path in (self.tls_cert, self.tls_key):
             if path is not None and not path.is_file():
                 raise ValueError(f"TLS file {path} does not exist")
+        if self.tls_cert is not None:
+            try:  # fail now, in one line, rather than after the models have loaded
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                    self.tls_cert, self.tls_key
+                )
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"--tls-cert {self.tls_cert} and --tls-key {self.tls_key} are not a PEM "
+                    f"certificate chain and its private key ({exc})"
+                ) from None
         return self
 
     @property

@@ -83,10 +83,17 @@ class JobService:
     def read_images(self, job: Job) -> list[bytes]:
         return [self.storage.get(key) for key in job.result_keys]
 
-    def forget_images(self, job: Job) -> None:
-        """Delete the job's images (sync_mode: the caller got them inline, keep nothing)."""
+    def take_inline_images(self, job: Job) -> list[str] | None:
+        """The images as data: URIs, handed over once and then deleted (fal's sync_mode:
+        nothing is kept). None when they were already taken."""
+        if not job.result_keys:
+            return None
+        uris = self.data_uris(job)
+        if not self.store.forget_results(job.id, job.result_keys):
+            return None  # another request took them first
         for key in job.result_keys:
             self.storage.delete(key)
+        return uris
 
     def result_urls(self, job: Job, base_url: str) -> list[str]:
         """Fresh signed URLs for the job's images, valid for ``url_ttl`` seconds."""

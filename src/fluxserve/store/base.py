@@ -53,6 +53,10 @@ class JobStore(Protocol):
         """The worker's acknowledgement of a cancel: running -> cancelled (fenced)."""
         ...
 
+    def forget_results(self, job_id: str, result_keys: list[str]) -> bool:
+        """Empty the result keys if they are still ``result_keys``; True for the one winner."""
+        ...
+
     def expire_leases(self, worker_id: str) -> int:
         """End the leases of a worker known to be dead, so the next sweep requeues its jobs."""
         ...

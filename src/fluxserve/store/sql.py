@@ -78,11 +78,8 @@ class SqlJobStore:
         present = {c["name"] for c in sa.inspect(self.engine).get_columns("jobs")}
         with self.engine.begin() as conn:
             if "cancel_requested" not in present:
-                conn.execute(
-                    sa.text(
-                        "ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT 0"
-                    )
-                )
+                add = "ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT FALSE"
+                conn.execute(sa.text(add))
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -248,6 +245,17 @@ class SqlJobStore:
             lease_expires_at=None,
         )
 
+    def forget_results(self, job_id: str, result_keys: list[str]) -> bool:
+        """Drop a job's result keys once its images were handed over inline and deleted;
+        only the caller whose keys still match wins, so one delivery happens."""
+        stmt = (
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.result_keys == json.dumps(result_keys))
+            .values(result_keys=json.dumps([]))
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
+
     def expire_leases(self, worker_id: str) -> int:
         stmt = (
             jobs.update()
@@ -272,6 +280,19 @@ class SqlJobStore:
             if conn.execute(sa.select(jobs.c.seq).where(expired).limit(1)).first() is None:
                 return []
         with self.engine.begin() as conn:
+            # A job whose cancel was asked for is not retried: it ends cancelled.
+            cancelled = conn.execute(
+                jobs.update()
+                .where(expired, jobs.c.cancel_requested.is_(True))
+                .values(
+                    status=JobStatus.CANCELLED.value,
+                    error_code="cancelled",
+                    error_message="The request was cancelled.",
+                    finished_at=now,
+                    lease_expires_at=None,
+                )
+                .returning(*jobs.c)
+            ).all()
             failed = conn.execute(
                 jobs.update()
                 .where(expired, jobs.c.attempt >= max_attempts)
@@ -298,7 +319,7 @@ class SqlJobStore:
                 )
                 .returning(*jobs.c)
             ).all()
-        return [row_to_job(r) for r in (*failed, *requeued)]
+        return [row_to_job(r) for r in (*cancelled, *failed, *requeued)]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -40,15 +40,21 @@ def input_model(endpoint: str) -> type:
 
 
 def output_for(services: Services, job: Job, base: str) -> Output | JSONResponse:
-    """The output object of an ended job, or fal's error for one that did not succeed."""
+    """The output object of an ended job, or fal's error for one that did not succeed.
+
+    Reads files (sync_mode), so async routes call it in the thread pool.
+    """
     if job.status is not JobStatus.SUCCEEDED:
         message = job.error_message or "The request did not complete."
         return fal_error(FAILED_STATUS.get(job.status, 500), message, job.error_code or "error")
-    if job.request.inline_images:
-        urls = services.jobs.data_uris(job)
-    else:
-        urls = services.jobs.result_urls(job, base)
-    return convert.to_output(job, urls)
+    if not job.request.inline_images:
+        return convert.to_output(job, services.jobs.result_urls(job, base))
+    uris = services.jobs.take_inline_images(job)
+    if uris is None:
+        return fal_error(
+            410, "The images of this sync_mode request were returned once and not kept", "gone"
+        )
+    return convert.to_output(job, uris)
 
 
 def make_sync(endpoint: str) -> Callable[..., Any]:
@@ -63,10 +69,7 @@ def make_sync(endpoint: str) -> Callable[..., Any]:
             job = await services.jobs.wait(job.id, SYNC_TIMEOUT)
         except TimeoutError:
             return fal_error(504, "Request timed out", "request_timeout")
-        output = output_for(services, job, base)
-        if job.request.inline_images:  # sync_mode: the caller has the images; keep none
-            await run_in_threadpool(services.jobs.forget_images, job)
-        return output
+        return await run_in_threadpool(output_for, services, job, base)
 
     run_sync.__doc__ = f"Run {endpoint} and answer with its output (as fal.run)."
     return run_sync
@@ -109,7 +112,7 @@ def make_result(app_id: str) -> Callable[..., Any]:
             return fal_error(404, f"Request {request_id} not found", "not_found")
         if not job.status.is_terminal:
             return fal_error(400, "Request is still in progress", "still_in_progress")
-        output = output_for(services, job, base)
+        output = await run_in_threadpool(output_for, services, job, base)
         if isinstance(output, JSONResponse):
             return output
         content = output.model_dump(mode="json")
@@ -126,8 +129,11 @@ def make_cancel(app_id: str) -> Callable[..., Any]:
             return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
         if job.status.is_terminal:
             return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
-        await run_in_threadpool(services.jobs.cancel, request_id)
-        return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+        after = await run_in_threadpool(services.jobs.cancel, request_id)
+        if after in (JobStatus.RUNNING, JobStatus.CANCELLED):
+            return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
+        # It ended on its own between the look and the cancel.
+        return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
 
     cancel.__doc__ = "Cancel a queued request, or stop a running one at its next step."
     return cancel
