@@ -32,6 +32,7 @@ class Server:
 
     def __init__(self, model: str, data_dir: Path, log: Path) -> None:
         self.port = free_port()
+        self.data_dir = data_dir
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log.open("ab")
         args = [FLUXSERVE, "serve", "--model", model, "--data-dir", str(data_dir)]
@@ -173,3 +174,29 @@ def test_killed_idle_worker_is_replaced_and_serves(servers, tiny_model_dir):
     server.wait_ready()
     submitted = server.submit(seed=5, width=256, height=256)
     assert server.poll(submitted["polling_url"], is_done)["status"] == "Ready"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/fal-ai/flux/dev", {"prompt": "x", "image_size": "square_hd", "num_inference_steps": 50}),
+        ("/v1/images/generations", {"prompt": "x", "size": "1024x1024", "steps": 50}),
+    ],
+)
+def test_sync_call_whose_client_leaves_is_cancelled(servers, tiny_model_dir, path, body):
+    """Nobody would receive the images, and a client's retry must not double the work."""
+    import sqlite3
+
+    server = servers(str(tiny_model_dir))
+    server.wait_ready()
+    with pytest.raises(httpx.ReadTimeout):
+        server.http.post(path, json=body, timeout=1.5)
+    database = sqlite3.connect(server.data_dir / "jobs.sqlite3")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        (status,) = database.execute("SELECT status FROM jobs").fetchone()
+        if status not in ("queued", "running"):
+            break
+        time.sleep(0.1)
+    database.close()
+    assert status == "cancelled"

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool
 
@@ -53,9 +53,17 @@ class JobService:
         """Cancel a queued job, or ask its worker to stop a running one at the next step."""
         return self.store.request_cancel(job_id)
 
-    async def wait(self, job_id: str, timeout: float) -> Job:
+    async def wait(
+        self,
+        job_id: str,
+        timeout: float,
+        abandoned: Callable[[], Awaitable[bool]] | None = None,
+    ) -> Job:
         """The job once it has ended, polling the store (cheap reads) with a short backoff.
 
+        ``abandoned`` says whether the caller has gone (an HTTP client that disconnected):
+        then the job is cancelled, since nobody would receive its images, and the client's
+        retry does not pile a second generation on top of the first.
         Raises TimeoutError when it has not ended within ``timeout`` seconds.
         """
         deadline = time.monotonic() + timeout
@@ -66,6 +74,9 @@ class JobService:
                 raise JobNotFound(f"no job {job_id}")
             if job.status.is_terminal:
                 return job
+            if abandoned is not None and await abandoned():
+                await run_in_threadpool(self.cancel, job_id)
+                raise TimeoutError(f"the caller of job {job_id} went away; job cancelled")
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout} s")
             await asyncio.sleep(delay)

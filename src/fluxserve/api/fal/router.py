@@ -8,7 +8,7 @@ build them so).
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -60,13 +60,15 @@ def output_for(services: Services, job: Job, base: str) -> Output | JSONResponse
 def make_sync(endpoint: str) -> Callable[..., Any]:
     inputs_type = input_model(endpoint)
 
-    async def run_sync(inputs: inputs_type, services: ServicesDep, base: BaseUrlDep):
+    async def run_sync(
+        inputs: inputs_type, services: ServicesDep, base: BaseUrlDep, http_request: Request
+    ):
         spec = services.router.route(endpoint)
         job = await services.jobs.submit_async(
             convert.to_generation_request(endpoint, inputs, spec)
         )
         try:
-            job = await services.jobs.wait(job.id, SYNC_TIMEOUT)
+            job = await services.jobs.wait(job.id, SYNC_TIMEOUT, http_request.is_disconnected)
         except TimeoutError:
             return fal_error(504, "Request timed out", "request_timeout")
         return await run_in_threadpool(output_for, services, job, base)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from starlette.concurrency import run_in_threadpool
 
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
@@ -26,13 +26,14 @@ async def create_image(
     body: ImagesGenerateRequest,
     services: ServicesDep,
     base: BaseUrlDep,
+    http_request: Request,
     authorization: Authorization = None,
 ):
     """Generate images and answer when they are ready."""
     spec = convert.resolve_model(services.router, body.model)
     job = await services.jobs.submit_async(convert.to_generation_request(body, spec))
     try:
-        job = await services.jobs.wait(job.id, WAIT_TIMEOUT)
+        job = await services.jobs.wait(job.id, WAIT_TIMEOUT, http_request.is_disconnected)
     except TimeoutError:
         return openai_error(504, "The image was not ready in time.", code="timeout")
     if job.status is not JobStatus.SUCCEEDED:
