@@ -1,0 +1,180 @@
+"""Image inputs from clients: base64, ``data:`` URIs and http(s) URLs, checked at the edge.
+
+This is a security boundary. Everything here runs before a job is queued, so nothing that
+is not a sane JPEG, PNG or WebP of bounded size reaches a worker:
+
+- URLs are fetched only from public addresses (loopback, private, link-local (cloud
+  metadata), multicast and reserved ranges are refused unless the operator allows private
+  addresses), redirects are followed by hand so each hop is checked, and the body is read
+  with a size cap and timeouts.
+- Files are decoded to verify them: the format must be JPEG, PNG or WebP; the header's size
+  is checked before any pixels are decoded (decompression bombs); a truncated file fails.
+
+Every refusal is an InvalidRequest naming the field and the reason. Torch-free.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import ipaddress
+import socket
+import warnings
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+from PIL import Image, UnidentifiedImageError
+
+from fluxserve.errors import InvalidRequest
+
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
+MAX_REDIRECTS = 3
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 20_000_000
+    min_side: int = 64
+    fetch_timeout: float = 15.0
+
+
+@dataclass(frozen=True)
+class UrlPolicy:
+    """Which addresses image URLs may point at."""
+
+    allow_private: bool = False
+    # Addresses allowed even when private ones are not (tests, a known internal bucket).
+    allowed_addresses: frozenset[str] = field(default_factory=frozenset)
+
+    def refusal(self, address: str) -> str | None:
+        """Why ``address`` may not be fetched, or None when it may."""
+        if self.allow_private or address in self.allowed_addresses:
+            return None
+        ip = ipaddress.ip_address(address)
+        if ip.is_loopback:
+            return "it points at this machine (loopback)"
+        if ip.is_link_local:
+            return "it points at a link-local address (such as a cloud metadata service)"
+        if ip.is_multicast or ip.is_reserved or ip.is_unspecified:
+            return "it points at a reserved address"
+        if ip.is_private:
+            return "it points at a private network address"
+        return None
+
+
+def _resolve(host: str) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except socket.gaierror:
+        return []
+    return sorted({info[4][0] for info in infos})
+
+
+def check_url(url: str, field_name: str, policy: UrlPolicy) -> None:
+    """Refuse a URL that is not http(s) or whose host resolves to a refused address."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(
+            field_name, f"{field_name} must be an http(s) URL, base64 or a data: URI"
+        )
+    addresses = _resolve(parts.hostname)
+    if not addresses:
+        raise InvalidRequest(
+            field_name, f"{field_name}: the host {parts.hostname} does not resolve"
+        )
+    for address in addresses:
+        reason = policy.refusal(address)
+        if reason is not None:
+            raise InvalidRequest(field_name, f"{field_name} is refused: {reason}")
+
+
+def fetch_url(url: str, field_name: str, limits: ImageLimits, policy: UrlPolicy) -> bytes:
+    """The bytes at ``url``, checking every redirect hop against ``policy``."""
+    with httpx.Client(timeout=limits.fetch_timeout, follow_redirects=False) as client:
+        for _ in range(MAX_REDIRECTS + 1):
+            check_url(url, field_name, policy)
+            try:
+                with client.stream("GET", url) as response:
+                    if response.is_redirect:
+                        url = urljoin(url, response.headers.get("location", ""))
+                        continue
+                    if response.status_code != 200:
+                        raise InvalidRequest(
+                            field_name,
+                            f"{field_name}: fetching it answered HTTP {response.status_code}",
+                        )
+                    return _read_capped(response, field_name, limits)
+            except httpx.HTTPError as exc:
+                raise InvalidRequest(
+                    field_name, f"{field_name} could not be fetched ({type(exc).__name__})"
+                ) from None
+    raise InvalidRequest(field_name, f"{field_name}: more than {MAX_REDIRECTS} redirects")
+
+
+def _read_capped(response: httpx.Response, field_name: str, limits: ImageLimits) -> bytes:
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > limits.max_bytes:
+            raise InvalidRequest(
+                field_name, f"{field_name} is larger than {limits.max_bytes} bytes"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_reference(value: str, field_name: str, limits: ImageLimits, policy: UrlPolicy) -> bytes:
+    """The file a client sent as base64, a data: URI or an http(s) URL."""
+    if value.startswith(("http://", "https://")):
+        return fetch_url(value, field_name, limits, policy)
+    if value.startswith("data:"):
+        header, sep, value = value.partition(",")
+        if not sep or ";base64" not in header:
+            raise InvalidRequest(field_name, f"{field_name}: a data: URI must be base64-encoded")
+    if len(value) > limits.max_bytes * 4 // 3 + 4:
+        raise InvalidRequest(field_name, f"{field_name} is larger than {limits.max_bytes} bytes")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(
+            field_name, f"{field_name} must be base64, a data: URI or an http(s) URL"
+        ) from None
+
+
+def decode_image(data: bytes, field_name: str, limits: ImageLimits) -> Image.Image:
+    """A verified, fully decoded RGB(A) image; InvalidRequest for anything else."""
+    if len(data) > limits.max_bytes:
+        raise InvalidRequest(field_name, f"{field_name} is larger than {limits.max_bytes} bytes")
+    too_many = f"{field_name} claims too many pixels; at most {limits.max_pixels}"
+    try:
+        with warnings.catch_warnings():  # our own pixel limit below is the stricter one
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise InvalidRequest(field_name, too_many) from None
+    except (UnidentifiedImageError, OSError):
+        raise InvalidRequest(field_name, f"{field_name} is not an image file") from None
+    if image.format not in ALLOWED_FORMATS:
+        raise InvalidRequest(
+            field_name, f"{field_name} is {image.format}; JPEG, PNG and WebP are accepted"
+        )
+    width, height = image.size
+    # Checked from the header, before any pixel is decoded: a small file can claim a huge
+    # image (a decompression bomb).
+    if width * height > limits.max_pixels:
+        raise InvalidRequest(
+            field_name, f"{field_name} is {width}x{height}; at most {limits.max_pixels} pixels"
+        )
+    if min(width, height) < limits.min_side:
+        raise InvalidRequest(
+            field_name,
+            f"{field_name} is {width}x{height}; each side must be at least {limits.min_side}",
+        )
+    try:
+        image.load()
+    except (OSError, Image.DecompressionBombError, ValueError):
+        raise InvalidRequest(field_name, f"{field_name} is truncated or corrupt") from None
+    return image.convert("RGBA" if "A" in image.getbands() else "RGB")

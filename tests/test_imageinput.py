@@ -1,0 +1,156 @@
+"""The image-input boundary: what is fetched, decoded and refused, and why."""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from fluxserve.errors import InvalidRequest
+from fluxserve.imageinput import (
+    ImageLimits,
+    UrlPolicy,
+    check_url,
+    decode_image,
+    fetch_url,
+    read_reference,
+)
+
+LIMITS = ImageLimits()
+LOCAL = UrlPolicy(allowed_addresses=frozenset({"127.0.0.1"}))
+
+
+def encoded(fmt: str, size=(96, 80), mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, "red" if mode == "RGB" else 1).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_accepted_formats_decode(fmt):
+    image = decode_image(encoded(fmt), "input_image", LIMITS)
+    assert image.size == (96, 80)
+    assert image.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (encoded("GIF"), "GIF; JPEG, PNG and WebP are accepted"),
+        (encoded("PNG")[:200], "truncated or corrupt"),
+        (b"not an image at all", "is not an image file"),
+        (encoded("PNG", size=(32, 200)), "each side must be at least 64"),
+        # 100 million pixels claimed by a 1-bit PNG of a few kilobytes: refused from the
+        # header, before any pixel is decoded.
+        (encoded("PNG", size=(10_000, 10_000), mode="1"), "at most 20000000 pixels"),
+        # Past twice Pillow's own limit, Pillow refuses it while opening.
+        (encoded("PNG", size=(15_000, 15_000), mode="1"), "claims too many pixels"),
+    ],
+)
+def test_refusals_name_the_field_and_reason(data, reason):
+    with pytest.raises(InvalidRequest) as refused:
+        decode_image(data, "input_image", LIMITS)
+    assert refused.value.field == "input_image"
+    assert reason in refused.value.message
+
+
+def test_byte_limit():
+    with pytest.raises(InvalidRequest, match="larger than 1000 bytes"):
+        decode_image(
+            encoded("PNG", size=(400, 400)) + b"\0" * 2000, "image", ImageLimits(max_bytes=1000)
+        )
+
+
+def test_base64_and_data_uri():
+    png = encoded("PNG")
+    plain = base64.b64encode(png).decode()
+    assert read_reference(plain, "image", LIMITS, UrlPolicy()) == png
+    assert read_reference(f"data:image/png;base64,{plain}", "image", LIMITS, UrlPolicy()) == png
+    with pytest.raises(InvalidRequest, match="must be base64"):
+        read_reference("%%%not base64%%%", "image", LIMITS, UrlPolicy())
+    with pytest.raises(InvalidRequest, match="data: URI must be base64"):
+        read_reference("data:image/png,rawbytes", "image", LIMITS, UrlPolicy())
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1/a.png", "loopback"),
+        ("http://localhost:8000/a.png", "loopback"),
+        ("http://10.1.2.3/a.png", "private network"),
+        ("http://192.168.0.10/a.png", "private network"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://[::1]/a.png", "loopback"),
+        ("http://0.0.0.0/a.png", "reserved"),
+        ("ftp://example.com/a.png", "must be an http(s) URL"),
+    ],
+)
+def test_urls_to_internal_addresses_are_refused(url, reason):
+    with pytest.raises(InvalidRequest) as refused:
+        check_url(url, "image_url", UrlPolicy())
+    assert reason in refused.value.message
+    assert refused.value.field == "image_url"
+
+
+def test_private_addresses_allowed_when_the_operator_says_so():
+    check_url("http://10.1.2.3/a.png", "image_url", UrlPolicy(allow_private=True))
+
+
+@pytest.fixture
+def image_server():
+    png = encoded("PNG")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            if self.path == "/a.png":
+                self.send_response(200)
+                self.send_header("content-type", "image/png")
+                self.end_headers()
+                self.wfile.write(png)
+            elif self.path == "/to-private":
+                self.send_response(302)
+                self.send_header("location", "http://10.0.0.1/a.png")
+                self.end_headers()
+            elif self.path == "/to-self":
+                self.send_response(302)
+                self.send_header("location", "/a.png")
+                self.end_headers()
+            else:
+                self.send_response(404)
+                self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", png
+    server.shutdown()
+    server.server_close()
+
+
+def test_fetch_follows_checked_redirects(image_server):
+    base, png = image_server
+    assert fetch_url(f"{base}/a.png", "image_url", LIMITS, LOCAL) == png
+    assert fetch_url(f"{base}/to-self", "image_url", LIMITS, LOCAL) == png
+
+
+def test_redirect_to_a_private_address_is_refused(image_server):
+    base, _ = image_server
+    with pytest.raises(InvalidRequest, match="private network"):
+        fetch_url(f"{base}/to-private", "image_url", LIMITS, LOCAL)
+
+
+def test_fetch_refusals(image_server):
+    base, _ = image_server
+    with pytest.raises(InvalidRequest, match="loopback"):
+        fetch_url(f"{base}/a.png", "image_url", LIMITS, UrlPolicy())
+    with pytest.raises(InvalidRequest, match="HTTP 404"):
+        fetch_url(f"{base}/missing.png", "image_url", LIMITS, LOCAL)
+    with pytest.raises(InvalidRequest, match="larger than 100 bytes"):
+        fetch_url(f"{base}/a.png", "image_url", ImageLimits(max_bytes=100), LOCAL)
