@@ -7,53 +7,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
-from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from fluxserve.api.validators import NotBool, multiple_of, valid_text
 from fluxserve.domain import MAX_SEED
 
 DIMENSION_STEP = 32
 
 
-def _multiple_of_32(value: int) -> int:
-    if value % DIMENSION_STEP:
-        lower = value - value % DIMENSION_STEP
-        nearest = lower if value - lower < DIMENSION_STEP / 2 else lower + DIMENSION_STEP
-        raise PydanticCustomError(
-            "multiple_of",
-            "Input should be a multiple of {multiple_of}; the nearest valid value is {nearest}",
-            {"multiple_of": DIMENSION_STEP, "nearest": nearest},
-        )
-    return value
-
-
-def _not_bool(value: Any) -> Any:
-    # JSON true/false are not numbers, although pydantic's lax mode would take them as 1/0.
-    if isinstance(value, bool):
-        raise PydanticCustomError("number_type", "Input should be a number, not a boolean")
-    return value
-
-
 def _prompt_text(value: str | None) -> str:
     if value is None:  # BFL's schema allows null: no prompt
         return ""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PydanticCustomError(
-            "string_unicode", "Input should be valid Unicode text (it holds a lone surrogate)"
-        ) from None
-    return value
+    return valid_text(value)
 
 
-# The bool check comes last in each Annotated, so it wraps the constrained number schema
-# and pydantic still reports the bounds exactly (before it, 2**64-1 printed as a float).
-NotBool = BeforeValidator(_not_bool)
 Prompt = Annotated[str | None, AfterValidator(_prompt_text)]
 Dimension = Annotated[
     int,
     Field(ge=256, le=1440, description="Pixels; 256-1440, a multiple of 32."),
-    AfterValidator(_multiple_of_32),
+    AfterValidator(multiple_of(DIMENSION_STEP)),
     NotBool,
 ]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED), NotBool]

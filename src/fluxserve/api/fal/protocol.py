@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from fluxserve.api.validators import NotBool, ValidText, multiple_of
 from fluxserve.domain import MAX_SEED
 
 SIZE_STEP = 16  # 8x VAE, then 2x2 patches
@@ -23,39 +24,10 @@ IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
 }
 
 
-def _not_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise PydanticCustomError("number_type", "Input should be a number, not a boolean")
-    return value
-
-
-def _multiple_of_16(value: int) -> int:
-    if value % SIZE_STEP:
-        lower = value - value % SIZE_STEP
-        nearest = lower if value - lower < SIZE_STEP / 2 else lower + SIZE_STEP
-        raise PydanticCustomError(
-            "multiple_of",
-            "Input should be a multiple of {multiple_of}; the nearest valid value is {nearest}",
-            {"multiple_of": SIZE_STEP, "nearest": nearest},
-        )
-    return value
-
-
-def _valid_text(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PydanticCustomError(
-            "string_unicode", "Input should be valid Unicode text (it holds a lone surrogate)"
-        ) from None
-    return value
-
-
-NotBool = BeforeValidator(_not_bool)
 Side = Annotated[
     int,
     Field(ge=256, le=2048, description="Pixels; 256-2048, a multiple of 16."),
-    AfterValidator(_multiple_of_16),
+    AfterValidator(multiple_of(SIZE_STEP)),
     NotBool,
 ]
 
@@ -82,7 +54,7 @@ def _preset_to_size(value: Any) -> Any:
 class _Input(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    prompt: Annotated[str, AfterValidator(_valid_text)] = Field(description="What to draw.")
+    prompt: Annotated[str, ValidText] = Field(description="What to draw.")
     image_size: Annotated[ImageSize, BeforeValidator(_preset_to_size)] = Field(
         default_factory=lambda: ImageSize(width=1024, height=768),
         description="A preset (square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, "

@@ -7,32 +7,17 @@ as extra body fields (the SDK's ``extra_body``).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from fluxserve.api.validators import NotBool, ValidText
 from fluxserve.domain import MAX_SEED
 
 SIZE_STEP = 16
 MIN_SIDE, MAX_SIDE = 256, 2048
 AUTO_SIZE = (1024, 1024)
-
-
-def _not_bool(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise PydanticCustomError("number_type", "Input should be a number, not a boolean")
-    return value
-
-
-def _valid_text(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PydanticCustomError(
-            "string_unicode", "Input should be valid Unicode text (it holds a lone surrogate)"
-        ) from None
-    return value
 
 
 def parse_size(value: str) -> tuple[int, int]:
@@ -60,13 +45,10 @@ def _check_size(value: str) -> str:
     return value
 
 
-NotBool = BeforeValidator(_not_bool)
-
-
 class ImagesGenerateRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    prompt: Annotated[str, AfterValidator(_valid_text)] = Field(
+    prompt: Annotated[str, ValidText] = Field(
         min_length=1, max_length=32000, description="What to draw."
     )
     model: str | None = Field(None, description="A loaded model; default: the first loaded.")
