@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import socket
+import sys
 import time
+from pathlib import Path
 
 from fastapi.testclient import TestClient
+
+# The console script of the venv running the tests.
+FLUXSERVE = str(Path(sys.executable).with_name("fluxserve"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_ready(client: TestClient, timeout: float = 60.0) -> None:

@@ -11,8 +11,7 @@ import pytest
 
 from fluxserve.cli.main import build_parser, settings_from
 from fluxserve.runtime.postprocess import read_metadata
-
-FLUXSERVE = str(Path(sys.executable).with_name("fluxserve"))
+from tests.helpers import FLUXSERVE
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

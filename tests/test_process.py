@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,16 +13,11 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.helpers import FLUXSERVE, free_port
+
 pytestmark = pytest.mark.process
 
-FLUXSERVE = str(Path(sys.executable).with_name("fluxserve"))
 SLOW = {"width": 768, "height": 768, "steps": 28}  # ~1.5 s on 2 CPU cores with tiny
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

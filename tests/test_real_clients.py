@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers import FLUXSERVE, free_port
+
 pytestmark = pytest.mark.process
 
 # The dev extra installs these; a missing one is an error, never a silent skip.
@@ -38,7 +39,6 @@ import fal_client  # noqa: E402,F401
 import openai  # noqa: E402,F401
 import trustme  # noqa: E402
 
-FLUXSERVE = str(Path(sys.executable).with_name("fluxserve"))
 CLIENTS = Path(__file__).parent / "clients"
 SCRIPT_TIMEOUT = 150  # each step inside a script has its own, shorter limit
 PROXY_VARIABLES = (
@@ -49,12 +49,6 @@ PROXY_VARIABLES = (
     "https_proxy",
     "all_proxy",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class TlsServer:

@@ -50,10 +50,10 @@ def test_uint64_seed_round_trips(store):
 def test_queue_position(store):
     for job_id in "abc":
         store.create(make_job(job_id))
-    assert [store.queue_position(j) for j in "abc"] == [0, 1, 2]
+    assert [store.queue_position(store.get(j)) for j in "abc"] == [0, 1, 2]
     store.claim("w", ["tiny"], 30)
-    assert store.queue_position("a") is None
-    assert store.queue_position("c") == 1
+    assert store.queue_position(store.get("a")) is None
+    assert store.queue_position(store.get("c")) == 1
 
 
 def test_stale_attempt_cannot_write(store):

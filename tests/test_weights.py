@@ -6,7 +6,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from fluxserve.errors import ModelLoadError
 from fluxserve.specs import ModelKind
 from fluxserve.weights import resolve_model
+from tests.helpers import FLUXSERVE
 
 REVISION = "0" * 40
 
@@ -59,14 +59,14 @@ def test_generate_from_a_cached_repo_id(hf_home, tmp_path):
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub")}
     env["HF_HUB_OFFLINE"] = "1"
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("fluxserve")), "generate", "x", "-o", str(output),
+        [FLUXSERVE, "generate", "x", "-o", str(output),
          "--model", "acme/flux-tiny", "--width", "256", "--height", "256", "--steps", "1"],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert output.stat().st_size > 0
     listing = subprocess.run(
-        [str(Path(sys.executable).with_name("fluxserve")), "models", "--data-dir", str(tmp_path)],
+        [FLUXSERVE, "models", "--data-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert "acme/flux-tiny" in listing.stdout

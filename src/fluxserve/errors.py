@@ -9,7 +9,6 @@
     ├── ModelLoadError       weights missing or unreadable; message says what to do
     ├── ConfigurationError   settings that cannot work together (an alias to no model)
     ├── DataDirLocked        another server owns the data directory
-    ├── GenerationFailed     the runtime failed on a job (stored on the job, never sent raw)
     ├── GenerationCancelled  the denoising loop was stopped (lease lost)
     └── StorageError         a result image could not be stored or read
 
@@ -56,10 +55,6 @@ class ModelLoadError(FluxserveError):
 
 class ConfigurationError(FluxserveError):
     """Settings that cannot work together, found at start-up."""
-
-
-class GenerationFailed(FluxserveError):
-    """The runtime raised while generating a job."""
 
 
 class GenerationCancelled(FluxserveError):

@@ -25,10 +25,6 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-def can_transition(current: JobStatus, target: JobStatus) -> bool:
-    return target in TRANSITIONS.get(current, frozenset())
-
-
 def sources_of(target: JobStatus) -> list[JobStatus]:
     """States from which ``target`` may be entered (used as a WHERE guard by stores)."""
     return [state for state, targets in TRANSITIONS.items() if target in targets]

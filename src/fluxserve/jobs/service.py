@@ -46,8 +46,9 @@ class JobService:
     def get(self, job_id: str) -> Job | None:
         return self.store.get(job_id)
 
-    def queue_position(self, job_id: str) -> int | None:
-        return self.store.queue_position(job_id)
+    def queue_position(self, job: Job) -> int | None:
+        """Queued jobs of the same model ahead of ``job`` (which the caller has just read)."""
+        return self.store.queue_position(job)
 
     def cancel(self, job_id: str) -> JobStatus | None:
         """Cancel a queued job, or ask its worker to stop a running one at the next step."""

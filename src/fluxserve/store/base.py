@@ -19,7 +19,7 @@ class JobStore(Protocol):
 
     def get(self, job_id: str) -> Job | None: ...
 
-    def queue_position(self, job_id: str) -> int | None:
+    def queue_position(self, job: Job) -> int | None:
         """How many queued jobs of the same model are ahead of this one (None if not queued)."""
         ...
 

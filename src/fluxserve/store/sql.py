@@ -87,9 +87,8 @@ class SqlJobStore:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
         return row_to_job(row) if row else None
 
-    def queue_position(self, job_id: str) -> int | None:
-        job = self.get(job_id)
-        if job is None or job.status != JobStatus.QUEUED:
+    def queue_position(self, job: Job) -> int | None:
+        if job.status != JobStatus.QUEUED:
             return None
         ahead = (
             sa.select(sa.func.count())

@@ -85,7 +85,7 @@ def make_submit(endpoint: str, app_id: str) -> Callable[..., Any]:
         job = await services.jobs.submit_async(
             convert.to_generation_request(endpoint, inputs, spec)
         )
-        position = services.jobs.queue_position(job.id) or 0
+        position = services.jobs.queue_position(job) or 0
         return convert.to_submitted(job, convert.QueueUrls(base, app_id, job.id), position)
 
     submit.__doc__ = f"Queue a request to {endpoint} (as queue.fal.run)."
@@ -99,7 +99,7 @@ def make_status(app_id: str) -> Callable[..., Any]:
         job = services.jobs.get(request_id)
         if job is None:
             return fal_error(404, f"Request {request_id} not found", "not_found")
-        position = services.jobs.queue_position(job.id)
+        position = services.jobs.queue_position(job)
         urls = convert.QueueUrls(base, app_id, job.id)
         return convert.to_status(job, urls, position, logs)
 
