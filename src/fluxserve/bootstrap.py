@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from fluxserve.config import Settings
 from fluxserve.errors import ConfigurationError, DataDirLocked
+from fluxserve.imageinput import ImageReader
 from fluxserve.jobs.routing import ModelRouter
 from fluxserve.jobs.service import JobService
 from fluxserve.storage.local import LocalStorage
@@ -50,11 +51,13 @@ class Services:
     router: ModelRouter
     workers: Any = None  # engine.pool.WorkerPool, imported lazily
     jobs: JobService = field(init=False)
+    images: ImageReader = field(init=False)
     started_at: float = field(default_factory=time.time)
     _lock: IO[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.jobs = JobService(self.store, self.storage, self.notify, self.settings.result_url_ttl)
+        self.images = ImageReader(self.settings.image_limits, self.settings.url_policy)
 
     def start(self) -> None:
         """Recover jobs left running by a previous server, then start the workers."""
@@ -73,7 +76,13 @@ class Services:
                 )  # fmt: skip
         from fluxserve.engine.pool import WorkerPool
 
-        self.workers = WorkerPool(self.settings, list(self.models.values()), self.store)
+        retention = self.settings.job_retention
+        self.workers = WorkerPool(
+            self.settings,
+            list(self.models.values()),
+            self.store,
+            housekeeping=lambda: self.jobs.purge_ended(retention),
+        )
         self.workers.start()
 
     def stop(self) -> None:

@@ -83,6 +83,24 @@ class Settings(BaseSettings):
         description="Run each model's worker in its own process (survives crashes) or in a "
         "thread of the server process.",
     )
+    job_retention: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds a finished job is kept, with its result and input images, "
+        "before it is deleted.",
+    )
+    allow_private_urls: bool = Field(
+        False,
+        description="Let image URLs point at loopback, private and link-local addresses "
+        "(refused by default: a server-side request forgery guard).",
+    )
+    max_image_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="Largest input image file, in bytes."
+    )
+    max_image_pixels: int = Field(
+        20_000_000, ge=4096, description="Largest input image, in pixels (width x height)."
+    )
+    min_image_side: int = Field(64, ge=16, description="Smallest input image side, in pixels.")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Logging level: debug, info, warning, error, critical."
     )
@@ -126,6 +144,18 @@ class Settings(BaseSettings):
     def alias_map(self) -> dict[str, str]:
         pairs = (item.partition("=") for item in self.alias)
         return {name.strip(): target.strip() for name, _, target in pairs}
+
+    @property
+    def image_limits(self):  # -> imageinput.ImageLimits (imported late: config is a leaf)
+        from fluxserve.imageinput import ImageLimits
+
+        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.min_image_side)
+
+    @property
+    def url_policy(self):  # -> imageinput.UrlPolicy
+        from fluxserve.imageinput import UrlPolicy
+
+        return UrlPolicy(allow_private=self.allow_private_urls)
 
     @property
     def database_path(self) -> Path:

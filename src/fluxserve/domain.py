@@ -35,6 +35,15 @@ class OutputFormat(StrEnum):
         return f"image/{self.value}"
 
 
+class Task(StrEnum):
+    """What a job does with its inputs; picks the pipeline in the runtime."""
+
+    TEXT_TO_IMAGE = "text-to-image"
+    IMAGE_TO_IMAGE = "image-to-image"  # a start image, noised to ``strength``, then denoised
+    EDIT = "edit"  # Kontext: reference images plus an instruction (none: text-to-image)
+    FILL = "fill"  # inpainting and outpainting: an image and a mask (white = repaint)
+
+
 def random_seed() -> int:
     """A seed drawn uniformly from 0..2^64-1, like the hosted services hand out."""
     return secrets.randbits(64)
@@ -59,10 +68,17 @@ class GenerationRequest:
     acceleration: str = "none"  # fal's speed tier; given meaning by the performance engine
     # Delivery, not generation: answer with data: URIs rather than links (fal's sync_mode).
     inline_images: bool = False
+    task: Task = Task.TEXT_TO_IMAGE
+    strength: float | None = None  # image-to-image only: how far the start image is noised
+    # Blob keys of the job's input images (stored with the job, so a retry finds them).
+    input_keys: tuple[str, ...] = ()
+    mask_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["output_format"] = self.output_format.value
+        data["task"] = self.task.value
+        data["input_keys"] = list(self.input_keys)
         return data
 
     @classmethod
@@ -70,7 +86,14 @@ class GenerationRequest:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["output_format"] = OutputFormat(values.get("output_format", "jpeg"))
+        values["task"] = Task(values.get("task", Task.TEXT_TO_IMAGE.value))
+        values["input_keys"] = tuple(values.get("input_keys", ()))
         return cls(**values)
+
+    @property
+    def blob_keys(self) -> list[str]:
+        """The input blobs this request owns (deleted with its job)."""
+        return [*self.input_keys, *([self.mask_key] if self.mask_key else [])]
 
 
 @dataclass

@@ -178,3 +178,21 @@ def decode_image(data: bytes, field_name: str, limits: ImageLimits) -> Image.Ima
     except (OSError, Image.DecompressionBombError, ValueError):
         raise InvalidRequest(field_name, f"{field_name} is truncated or corrupt") from None
     return image.convert("RGBA" if "A" in image.getbands() else "RGB")
+
+
+@dataclass(frozen=True)
+class ImageReader:
+    """Reads and verifies client images under one deployment's limits and URL policy."""
+
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    policy: UrlPolicy = field(default_factory=UrlPolicy)
+
+    def open(self, value: str, field_name: str) -> Image.Image:
+        """An image sent as base64, a data: URI or an http(s) URL (fetched here: call
+        it from a worker thread, never the event loop)."""
+        return decode_image(read_reference(value, field_name, self.limits, self.policy),
+                            field_name, self.limits)  # fmt: skip
+
+    def open_bytes(self, data: bytes, field_name: str) -> Image.Image:
+        """An image uploaded as a file (multipart)."""
+        return decode_image(data, field_name, self.limits)

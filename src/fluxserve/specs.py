@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
+from fluxserve.domain import Task
 from fluxserve.errors import InvalidRequest
 
 # make-tiny writes this file into the model directory it builds.
@@ -22,6 +23,18 @@ class ModelKind(StrEnum):
     SCHNELL = "schnell"  # timestep-distilled: few steps, no guidance input
     DEV = "dev"  # guidance-distilled: guidance is an input of the transformer
     TEST = "test"  # random weights; answers every text-to-image endpoint
+    KONTEXT = "kontext"  # editing with reference images (FluxKontextPipeline)
+    FILL = "fill"  # inpainting / outpainting with a mask (FluxFillPipeline)
+
+
+# The tasks each kind of model can run. Text-to-image models also run image-to-image.
+KIND_TASKS: dict[ModelKind, frozenset[Task]] = {
+    ModelKind.SCHNELL: frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE}),
+    ModelKind.DEV: frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE}),
+    ModelKind.TEST: frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE}),
+    ModelKind.KONTEXT: frozenset({Task.EDIT}),
+    ModelKind.FILL: frozenset({Task.FILL}),
+}
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,21 @@ class ModelSpec:
     max_sequence_length: int
     licence: str
     description: str
+    # Output area when a request gives an aspect ratio rather than a size (Kontext), and
+    # the largest output made from an input image's size (Fill, Expand, image-to-image).
+    base_area: int = 1024 * 1024
+    max_area: int = 1440 * 1440
+    # Built by fluxserve with random weights: for tests, never real pictures.
+    random_weights: bool = False
+
+    @property
+    def tasks(self) -> frozenset[Task]:
+        return KIND_TASKS[self.kind]
+
+    @property
+    def builtin(self) -> bool:
+        """Built offline by fluxserve (the tiny models) rather than downloaded."""
+        return self.source.startswith("builtin:")
 
     @property
     def uses_guidance(self) -> bool:
@@ -55,6 +83,8 @@ class ModelSpec:
             return None
         return guidance if guidance is not None else self.default_guidance
 
+
+DEV_LICENCE = "flux-1-dev-non-commercial (gated: accept it on the Hub, then `hf auth login`)"
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -78,19 +108,51 @@ MODEL_SPECS: dict[str, ModelSpec] = {
             max_steps=50,
             default_guidance=3.0,
             max_sequence_length=512,
-            licence="flux-1-dev-non-commercial (gated: accept it on the Hub, then `hf auth login`)",
+            licence=DEV_LICENCE,
             description="FLUX.1 [dev]: guidance-distilled text-to-image",
         ),
         ModelSpec(
-            name="tiny",
-            source="builtin:tiny",
-            kind=ModelKind.TEST,
-            default_steps=4,
+            name="flux-kontext-dev",
+            source="black-forest-labs/FLUX.1-Kontext-dev",
+            kind=ModelKind.KONTEXT,
+            default_steps=28,
             max_steps=50,
-            default_guidance=3.0,
-            max_sequence_length=256,
-            licence="apache-2.0",
-            description="FLUX.1 structure, tiny, random weights: makes noise, for tests",
+            default_guidance=2.5,
+            max_sequence_length=512,
+            licence=DEV_LICENCE,
+            description="FLUX.1 Kontext [dev]: image editing with reference images",
+        ),
+        ModelSpec(
+            name="flux-fill-dev",
+            source="black-forest-labs/FLUX.1-Fill-dev",
+            kind=ModelKind.FILL,
+            default_steps=50,
+            max_steps=50,
+            default_guidance=30.0,  # the model card's value; BFL's hosted pro fill says 60
+            max_sequence_length=512,
+            licence=DEV_LICENCE,
+            description="FLUX.1 Fill [dev]: inpainting and outpainting with a mask",
+        ),
+        *(
+            ModelSpec(
+                name=name,
+                source=f"builtin:{name}",
+                kind=kind,
+                default_steps=4,
+                max_steps=50,
+                default_guidance=3.0,
+                max_sequence_length=256,
+                licence="apache-2.0",
+                description=f"{what}, tiny, random weights: makes noise, for tests",
+                # Small outputs keep tests fast on a CPU; the real sizes are the same code.
+                base_area=256 * 256,
+                random_weights=True,
+            )
+            for name, kind, what in (
+                ("tiny", ModelKind.TEST, "FLUX.1 structure"),
+                ("tiny-kontext", ModelKind.KONTEXT, "FLUX.1 Kontext structure"),
+                ("tiny-fill", ModelKind.FILL, "FLUX.1 Fill structure"),
+            )
         ),
     )
 }
@@ -104,16 +166,29 @@ def spec_for_source(source: str) -> ModelSpec | None:
 def infer_spec(name: str, model_dir: Path | None) -> ModelSpec:
     """A spec for a model outside the registry, from its diffusers config where present.
 
-    A transformer with a guidance embedding is dev-like (guidance input, 28 steps); one
-    without is schnell-like. A directory written by ``make-tiny`` carries a marker and is
-    treated as the tiny test model.
+    The pipeline class in ``model_index.json`` tells Kontext and Fill models apart; for
+    text-to-image models a transformer with a guidance embedding is dev-like (guidance
+    input, 28 steps) and one without is schnell-like. A directory written by ``make-tiny``
+    carries a marker naming which tiny model it is.
     """
+    source = str(model_dir) if model_dir else name
     if model_dir is not None and (model_dir / TINY_MARKER).exists():
-        return replace(MODEL_SPECS["tiny"], name=name, source=str(model_dir))
+        variant = json.loads((model_dir / TINY_MARKER).read_text()).get("model", "tiny")
+        return replace(MODEL_SPECS.get(variant, MODEL_SPECS["tiny"]), name=name, source=source)
+    pipeline_class = _read_json(model_dir, "model_index.json").get("_class_name", "")
+    if pipeline_class in PIPELINE_CLASS_SPECS:
+        return replace(MODEL_SPECS[PIPELINE_CLASS_SPECS[pipeline_class]], name=name, source=source)
     guidance_embeds = "schnell" not in name.lower()
-    if model_dir is not None:
-        config = model_dir / "transformer" / "config.json"
-        if config.exists():
-            guidance_embeds = bool(json.loads(config.read_text()).get("guidance_embeds", True))
+    config = _read_json(model_dir, "transformer/config.json")
+    guidance_embeds = bool(config.get("guidance_embeds", guidance_embeds))
     base = MODEL_SPECS["flux-dev" if guidance_embeds else "flux-schnell"]
-    return replace(base, name=name, source=str(model_dir) if model_dir else name)
+    return replace(base, name=name, source=source)
+
+
+PIPELINE_CLASS_SPECS = {"FluxKontextPipeline": "flux-kontext-dev", "FluxFillPipeline": "flux-fill-dev"}
+
+
+def _read_json(model_dir: Path | None, relative: str) -> dict:
+    if model_dir is None or not (model_dir / relative).is_file():
+        return {}
+    return json.loads((model_dir / relative).read_text())

@@ -6,12 +6,13 @@ before it starts anything, and fail with one clear sentence when it cannot.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from fluxserve.errors import ModelLoadError
-from fluxserve.specs import MODEL_SPECS, ModelKind, ModelSpec, infer_spec, spec_for_source
+from fluxserve.specs import MODEL_SPECS, ModelSpec, infer_spec, spec_for_source
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class ResolvedModel:
     @property
     def needs_build(self) -> bool:
         """The tiny model is built on first use rather than downloaded."""
-        return self.spec.kind is ModelKind.TEST and not (self.path / "model_index.json").exists()
+        return self.spec.builtin and not (self.path / "model_index.json").exists()
 
 
 def download_snapshot(repo_id: str, *, allow_download: bool = True) -> Path:
@@ -84,7 +85,7 @@ def resolve_model(ref: str, models_dir: Path, *, allow_download: bool = True) ->
     """Turn a ``--model`` value into a name, a spec and a local diffusers directory."""
     if ref in MODEL_SPECS:
         spec = MODEL_SPECS[ref]
-        if spec.kind is ModelKind.TEST:
+        if spec.builtin:
             return ResolvedModel(ref, spec, models_dir / ref)
         path = download_snapshot(spec.source, allow_download=allow_download)
         return ResolvedModel(ref, spec, path)
@@ -105,3 +106,25 @@ def resolve_model(ref: str, models_dir: Path, *, allow_download: bool = True) ->
         f"Unknown model {ref!r}: use one of {', '.join(MODEL_SPECS)}, a Hugging Face repo "
         "id (owner/name), or a local diffusers-format directory."
     )
+
+
+def component_fingerprint(directory: Path) -> str | None:
+    """A digest of a pipeline component's files (config and weights); None if absent.
+
+    Two models whose component (the VAE, a text encoder) has the same fingerprint hold the
+    same bytes, so one loaded copy can serve both. A file in the Hugging Face cache is a
+    link to a blob named by its content hash, which is used as is; any other file is
+    hashed (once, at load, and only when several models are loaded).
+    """
+    if not directory.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode())
+        target = path.resolve()
+        if path.is_symlink() and target.parent.name == "blobs":
+            digest.update(target.name.encode())
+            continue
+        with open(target, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()

@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         "make-tiny", help="Write the tiny random-weight test model as a diffusers directory."
     )
     make_tiny.add_argument("directory", type=Path)
+    make_tiny.add_argument(
+        "--variant",
+        choices=["tiny", "tiny-kontext", "tiny-fill"],
+        default="tiny",
+        help="Which pipeline: text-to-image (tiny), Kontext editing or Fill.",
+    )
     return parser
 
 

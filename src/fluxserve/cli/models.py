@@ -6,7 +6,7 @@ import argparse
 
 from fluxserve.config import Settings
 from fluxserve.errors import InvalidRequest
-from fluxserve.specs import MODEL_SPECS, ModelKind
+from fluxserve.specs import MODEL_SPECS
 from fluxserve.specs import TINY_MARKER as MARKER
 
 
@@ -23,7 +23,7 @@ def list_models(settings: Settings) -> None:
     cached = cached_repos()
     print(f"{'NAME':<14} {'SOURCE':<36} {'STEPS':<7} {'CACHED':<7} DESCRIPTION")
     for spec in MODEL_SPECS.values():
-        if spec.kind is ModelKind.TEST:
+        if spec.builtin:
             here = (settings.models_dir / spec.name / "model_index.json").exists()
         else:
             here = spec.source in cached
@@ -49,8 +49,8 @@ def models_command(settings: Settings, args: argparse.Namespace) -> int:
             raise InvalidRequest("directory", f"{directory} exists and is not empty")
         from fluxserve.runtime.tiny import make_tiny
 
-        make_tiny(directory)
-        print(f"wrote the tiny model (random weights, makes noise) to {directory}")
+        make_tiny(directory, args.variant)
+        print(f"wrote the {args.variant} model (random weights, makes noise) to {directory}")
         print(f"serve it with: fluxserve serve --model {directory}")
         return 0
     list_models(settings)

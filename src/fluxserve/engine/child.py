@@ -21,20 +21,20 @@ ORPHAN_CHECK_INTERVAL = 1.0  # seconds
 
 def run_worker(
     settings: Settings,
-    model: ResolvedModel,
+    models: list[ResolvedModel],
     worker_id: str,
     wake: Wakeup,
     stop: Flag,
     ready: Flag,
 ) -> None:
-    """Load ``model`` and process its jobs until ``stop`` is set."""
+    """Load ``models`` and process their jobs until ``stop`` is set."""
     from fluxserve.runtime.diffusers_runner import FluxRunner  # torch stays out of the API
     from fluxserve.storage.local import LocalStorage
     from fluxserve.store.sqlite import SqliteJobStore
 
     store = SqliteJobStore(settings.database_path)
     storage = LocalStorage(settings.results_dir, settings.data_dir / "url-secret")
-    runner = FluxRunner(model, device=settings.device, threads=settings.torch_threads)
+    runner = FluxRunner(models, device=settings.device, threads=settings.torch_threads)
     runner.load()
     ready.set()
     options = WorkerOptions(worker_id, settings.lease_seconds, settings.metadata_prompt)
@@ -57,7 +57,7 @@ def _stop_when_orphaned(parent_pid: int, stop: Flag, wake: Wakeup) -> None:
 
 def process_main(
     settings: Settings,
-    model: ResolvedModel,
+    models: list[ResolvedModel],
     worker_id: str,
     wake: Wakeup,
     stop: Flag,
@@ -75,4 +75,4 @@ def process_main(
     threading.Thread(
         target=_stop_when_orphaned, args=(os.getppid(), stop, wake), daemon=True
     ).start()
-    run_worker(settings, model, worker_id, wake, stop, ready)
+    run_worker(settings, models, worker_id, wake, stop, ready)

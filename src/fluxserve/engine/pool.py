@@ -1,4 +1,7 @@
-"""Starts one worker per model, watches them, and recovers the jobs of workers that die.
+"""Starts the worker, watches it, and recovers the jobs of workers that die.
+
+One worker serves every loaded model, so models that share components (the FLUX.1
+family's text encoders and VAE) hold them once on the device.
 
 In process mode each worker is a spawned process: a crash (or the OOM killer) takes the
 worker, not the server. The pool notices, ends the dead worker's leases so its job goes
@@ -14,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +31,12 @@ logger = logging.getLogger(__name__)
 
 WATCH_INTERVAL = 0.5  # seconds between liveness checks and lease sweeps
 MAX_START_FAILURES = 3  # a worker that dies this often before it is ready is given up on
+HOUSEKEEPING_INTERVAL = 60.0  # seconds between runs of the housekeeping task (job purge)
 
 
 @dataclass
 class WorkerSlot:
-    model: ResolvedModel
+    models: list[ResolvedModel]
     wake: Wakeup = field(default_factory=Wakeup)
     stop: Flag = field(default_factory=Flag)
     ready: Flag = field(default_factory=Flag)
@@ -41,14 +46,26 @@ class WorkerSlot:
     error: str | None = None
     restarts: int = 0
 
+    @property
+    def name(self) -> str:
+        return ", ".join(model.name for model in self.models)
+
 
 class WorkerPool:
-    def __init__(self, settings: Settings, models: list[ResolvedModel], store: JobStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        models: list[ResolvedModel],
+        store: JobStore,
+        housekeeping: Callable[[], object] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.housekeeping = housekeeping
+        self._last_housekeeping = 0.0
         self.mode = settings.worker_mode
         self._ctx = multiprocessing.get_context("spawn")
-        self.slots = [WorkerSlot(model) for model in models]
+        self.slots = [WorkerSlot(models)] if models else []
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
         self._thread_count = 0
@@ -94,7 +111,7 @@ class WorkerPool:
     def status(self) -> list[dict[str, Any]]:
         return [
             {
-                "model": s.model.name,
+                "models": [model.name for model in s.models],
                 "worker_id": s.worker_id,
                 "alive": bool(s.handle is not None and s.handle.is_alive()),
                 "ready": s.ready.is_set(),
@@ -111,12 +128,12 @@ class WorkerPool:
         # Fresh signals for each worker, shared memory in process mode.
         ctx = self._ctx if self.mode == "process" else None
         slot.wake, slot.stop, slot.ready = Wakeup(ctx), Flag(ctx), Flag(ctx)
-        args = (self.settings, slot.model)
+        args = (self.settings, slot.models)
         if self.mode == "process":
             proc = self._ctx.Process(
                 target=process_main,
                 args=(*args, "", slot.wake, slot.stop, slot.ready),
-                name=f"fluxserve-worker-{slot.model.name}",
+                name="fluxserve-worker",
                 daemon=False,
             )
             proc.start()
@@ -130,7 +147,7 @@ class WorkerPool:
             thread = threading.Thread(
                 target=self._thread_main,
                 args=(slot,),
-                name=f"fluxserve-worker-{slot.model.name}",
+                name="fluxserve-worker",
                 daemon=True,
             )
             slot.handle = thread
@@ -138,7 +155,9 @@ class WorkerPool:
 
     def _thread_main(self, slot: WorkerSlot) -> None:
         try:
-            run_worker(self.settings, slot.model, slot.worker_id, slot.wake, slot.stop, slot.ready)
+            run_worker(
+                self.settings, slot.models, slot.worker_id, slot.wake, slot.stop, slot.ready
+            )
         except Exception as exc:
             logger.exception("worker %s crashed", slot.worker_id)
             slot.error = f"{type(exc).__name__}: {exc}"
@@ -148,6 +167,10 @@ class WorkerPool:
             try:
                 self._check_workers()
                 self.sweep()
+                now = time.monotonic()
+                if self.housekeeping and now - self._last_housekeeping >= HOUSEKEEPING_INTERVAL:
+                    self._last_housekeeping = now
+                    self.housekeeping()
             except Exception:  # the watcher must outlive any one failure
                 logger.exception("worker pool watch failed")
 
@@ -168,17 +191,17 @@ class WorkerPool:
             logger.error(
                 "worker %s (%s) stopped unexpectedly (exit code %s)",
                 slot.worker_id,
-                slot.model.name,
+                slot.name,
                 exitcode,
             )
             self.store.expire_leases(slot.worker_id)
             slot.start_failures = 0 if was_ready else slot.start_failures + 1
             if slot.start_failures >= MAX_START_FAILURES:
                 slot.error = slot.error or (
-                    f"the worker for {slot.model.name} died {MAX_START_FAILURES} times while "
-                    "loading the model; see the log above"
+                    f"the worker for {slot.name} died {MAX_START_FAILURES} times while "
+                    "loading the models; see the log above"
                 )
-                logger.error("giving up on %s: %s", slot.model.name, slot.error)
+                logger.error("giving up on %s: %s", slot.name, slot.error)
                 slot.handle = None
                 continue
             slot.restarts += 1

@@ -5,6 +5,7 @@ A failing job is marked Error and the loop goes on; nothing a job does ends the 
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from dataclasses import dataclass
@@ -13,10 +14,12 @@ from typing import Protocol
 from fluxserve.domain import Job
 from fluxserve.engine.lease import LeaseKeeper
 from fluxserve.errors import GenerationCancelled
-from fluxserve.runtime.base import Runner
+from fluxserve.runtime.base import GenerationInputs, Runner
 from fluxserve.runtime.postprocess import encode_image, generation_metadata
 from fluxserve.storage.base import BlobStorage, result_key
 from fluxserve.store.base import JobStore
+
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ class Worker:
     def run_once(self) -> bool:
         """Claim and process one job; False when the queue had nothing for this worker."""
         job = self.store.claim(
-            self.options.worker_id, [self.runner.name], self.options.lease_seconds
+            self.options.worker_id, self.runner.model_names, self.options.lease_seconds
         )
         if job is None:
             return False
@@ -137,8 +140,9 @@ class Worker:
                 cancelled = self.store.is_cancel_requested(job.id)
             return cancelled or self.lease.lost
 
+        inputs = self._read_inputs(job)
         started = time.perf_counter()
-        images = self.runner.generate(request, on_step, should_stop)
+        images = self.runner.generate(request, inputs, on_step, should_stop)
         self.last_model_seconds = time.perf_counter() - started
         metadata = generation_metadata(request, self.options.metadata_prompt)
         fmt = request.output_format
@@ -148,3 +152,16 @@ class Worker:
             self.storage.put(key, encode_image(image, fmt, metadata), fmt.content_type)
             keys.append(key)
         return keys
+
+    def _read_inputs(self, job: Job) -> GenerationInputs:
+        """The job's input images, from storage (the API checked them before queueing)."""
+        request = job.request
+        images = [_open(self.storage.get(key)) for key in request.input_keys]
+        mask = _open(self.storage.get(request.mask_key)) if request.mask_key else None
+        return GenerationInputs(images=images, mask=mask)
+
+
+def _open(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import io
+import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+
+from PIL import Image
 
 from starlette.concurrency import run_in_threadpool
 
 from fluxserve.domain import GenerationRequest, Job, JobStatus
 from fluxserve.errors import JobNotFound
-from fluxserve.storage.base import BlobStorage
+from fluxserve.storage.base import BlobStorage, input_key, job_prefixes
 from fluxserve.store.base import JobStore
+
+logger = logging.getLogger(__name__)
 
 WAIT_POLL_MIN = 0.005  # seconds between store reads while a caller waits for a job
 WAIT_POLL_MAX = 0.05
@@ -32,16 +39,60 @@ class JobService:
         self._notify = notify
         self.url_ttl = url_ttl
 
-    def submit(self, request: GenerationRequest) -> Job:
-        """Queue a job and wake the workers; returns the stored job."""
-        job = Job(id=str(uuid.uuid4()), request=request, created_at=time.time())
-        self.store.create(job)
+    def submit(
+        self,
+        request: GenerationRequest,
+        images: Sequence[Image.Image] = (),
+        mask: Image.Image | None = None,
+    ) -> Job:
+        """Queue a job and wake the workers; returns the stored job.
+
+        Input images (already checked by the API) are stored with the job before it is
+        queued, so the worker that claims it, or retries it after a crash, finds them.
+        """
+        job_id = str(uuid.uuid4())
+        stored = [self._put_input(job_id, str(n), image) for n, image in enumerate(images)]
+        mask_key = self._put_input(job_id, "mask", mask) if mask is not None else None
+        if stored or mask_key:
+            request = dataclasses.replace(request, input_keys=tuple(stored), mask_key=mask_key)
+        job = Job(id=job_id, request=request, created_at=time.time())
+        try:
+            self.store.create(job)
+        except Exception:
+            self._delete_blobs(job_id)
+            raise
         self._notify()
         return job
 
-    async def submit_async(self, request: GenerationRequest) -> Job:
-        """``submit`` from async code: the store write runs in the thread pool."""
-        return await run_in_threadpool(self.submit, request)
+    async def submit_async(
+        self,
+        request: GenerationRequest,
+        images: Sequence[Image.Image] = (),
+        mask: Image.Image | None = None,
+    ) -> Job:
+        """``submit`` from async code: storage and store writes run in the thread pool."""
+        return await run_in_threadpool(self.submit, request, images, mask)
+
+    def _put_input(self, job_id: str, name: str, image: Image.Image) -> str:
+        key = input_key(job_id, name)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=1)  # lossless; speed over size
+        self.storage.put(key, buffer.getvalue(), "image/png")
+        return key
+
+    def _delete_blobs(self, job_id: str) -> None:
+        for prefix in job_prefixes(job_id):
+            self.storage.delete_prefix(prefix)
+
+    def purge_ended(self, retention_seconds: float) -> int:
+        """Delete jobs that ended more than ``retention_seconds`` ago, with their images
+        (results and inputs); returns how many were deleted."""
+        ids = self.store.purge_ended(time.time() - retention_seconds)
+        for job_id in ids:
+            self._delete_blobs(job_id)
+        if ids:
+            logger.info("deleted %d job(s) older than the retention period", len(ids))
+        return len(ids)
 
     def get(self, job_id: str) -> Job | None:
         return self.store.get(job_id)
@@ -103,7 +154,7 @@ class JobService:
         uris = self.data_uris(job)
         if not self.store.forget_results(job.id, job.result_keys):
             return None  # another request took them first
-        for key in job.result_keys:
+        for key in [*job.result_keys, *job.request.blob_keys]:
             self.storage.delete(key)
         return uris
 

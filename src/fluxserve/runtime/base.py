@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from PIL import Image
@@ -13,15 +14,28 @@ OnStep = Callable[[int, int], None]  # (steps done, total steps)
 ShouldStop = Callable[[], bool]
 
 
+@dataclass
+class GenerationInputs:
+    """The images a request brings (read back from storage by the worker)."""
+
+    images: list[Image.Image] = field(default_factory=list)
+    mask: Image.Image | None = None
+
+
 class Runner(Protocol):
-    name: str
+    name: str  # for the log: the models it serves
+    model_names: list[str]
 
     def load(self) -> None:
         """Load weights onto the device; called once in the worker before any job."""
         ...
 
     def generate(
-        self, request: GenerationRequest, on_step: OnStep, should_stop: ShouldStop
+        self,
+        request: GenerationRequest,
+        inputs: GenerationInputs,
+        on_step: OnStep,
+        should_stop: ShouldStop,
     ) -> list[Image.Image]:
         """Make the request's images; raises GenerationCancelled when should_stop says so."""
         ...

@@ -1,75 +1,137 @@
-"""A Runner over diffusers' FluxPipeline."""
+"""A Runner over diffusers' FLUX pipelines: one worker serves every model it loads.
+
+Models of the FLUX.1 family ship identical text encoders and VAE (T5-XXL alone is 9.5 GB),
+so the runner loads each distinct component once and hands it to every pipeline that
+uses it. Image-to-image runs on a text-to-image model's own modules (``from_pipe``).
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import diffusers
 import torch
 import transformers
-from diffusers import FluxPipeline
+from diffusers import (
+    DiffusionPipeline,
+    FluxFillPipeline,
+    FluxImg2ImgPipeline,
+    FluxKontextPipeline,
+    FluxPipeline,
+)
 from PIL import Image
 
-from fluxserve.domain import GenerationRequest
+from fluxserve.domain import GenerationRequest, Task
 from fluxserve.errors import GenerationCancelled, ModelLoadError
-from fluxserve.runtime.base import OnStep, ShouldStop
+from fluxserve.imageops import reference_sheet
+from fluxserve.runtime.base import GenerationInputs, OnStep, ShouldStop
 from fluxserve.runtime.device import configure_threads, pick_device, pick_dtype
 from fluxserve.specs import ModelKind
-from fluxserve.weights import ResolvedModel
+from fluxserve.weights import ResolvedModel, component_fingerprint
 
 logger = logging.getLogger(__name__)
 
+PIPELINE_CLASSES: dict[ModelKind, type[DiffusionPipeline]] = {
+    ModelKind.KONTEXT: FluxKontextPipeline,
+    ModelKind.FILL: FluxFillPipeline,
+}
+SHAREABLE = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+
 
 class FluxRunner:
-    """Generates with ``FluxPipeline``; owns the loop around it, not the math inside."""
+    """Generates with diffusers' FLUX pipelines; owns the loop around them, not the math."""
 
     def __init__(
-        self, model: ResolvedModel, device: str = "auto", threads: int | None = None
+        self, models: list[ResolvedModel], device: str = "auto", threads: int | None = None
     ) -> None:
-        self.model = model
-        self.name = model.name
+        self.models = {model.name: model for model in models}
+        self.model_names = list(self.models)
+        self.name = ", ".join(self.model_names)
         self._requested_device = device
         self._threads = threads
-        self.pipeline: FluxPipeline | None = None
+        self.pipelines: dict[str, Any] = {}
+        self._img2img: dict[str, FluxImg2ImgPipeline] = {}
+        self.shared: dict[str, list[str]] = {}  # model -> components it got from another
 
     def load(self) -> None:
-        if self.model.needs_build:
-            from fluxserve.runtime.tiny import make_tiny
-
-            make_tiny(self.model.path)
-        if self.model.spec.kind is ModelKind.TEST:
-            logger.warning(
-                "model %r has random weights: its images are noise. It is for trying the API "
-                "and for tests; load flux-schnell or flux-dev for real pictures.",
-                self.name,
-            )
         # Per-component loading bars mean nothing in a server log.
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
         device = pick_device(self._requested_device)
         dtype = pick_dtype(device)
-        try:
-            pipeline = FluxPipeline.from_pretrained(self.model.path, dtype=dtype)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(
-                f"Could not load {self.name} from {self.model.path}: {exc}"
-            ) from exc
-        pipeline.set_progress_bar_config(disable=True)
-        self.pipeline = pipeline.to(device)
+        loaded: dict[str, Any] = {}  # component fingerprint -> the module already loaded
+        for model in self.models.values():
+            if model.needs_build:
+                from fluxserve.runtime.tiny import make_tiny
+
+                make_tiny(model.path, model.spec.source.removeprefix("builtin:"))
+            fingerprints = self._fingerprints(model) if len(self.models) > 1 else {}
+            reuse = {name: loaded[fp] for name, fp in fingerprints.items() if fp in loaded}
+            pipeline = self._load_one(model, dtype, reuse)
+            self.pipelines[model.name] = pipeline.to(device)
+            for name, fp in fingerprints.items():
+                loaded.setdefault(fp, getattr(pipeline, name))
+            if reuse:
+                self.shared[model.name] = sorted(reuse)
+                logger.info("%s shares %s with a model loaded before it", model.name,
+                            ", ".join(sorted(reuse)))  # fmt: skip
         threads = configure_threads(device, self._threads)
         logger.info("loaded %s on %s (%s, %d CPU threads)", self.name, device, dtype, threads)
 
+    @staticmethod
+    def _fingerprints(model: ResolvedModel) -> dict[str, str]:
+        found = {name: component_fingerprint(model.path / name) for name in SHAREABLE}
+        return {name: fp for name, fp in found.items() if fp is not None}
+
+    @staticmethod
+    def _load_one(model: ResolvedModel, dtype: torch.dtype, reuse: dict[str, Any]) -> Any:
+        if model.spec.random_weights:
+            logger.warning(
+                "model %r has random weights: its images are noise. It is for trying the API "
+                "and for tests; load a real model (flux-schnell, flux-dev, ...) for pictures.",
+                model.name,
+            )
+        pipeline_class = PIPELINE_CLASSES.get(model.spec.kind, FluxPipeline)
+        try:
+            pipeline = pipeline_class.from_pretrained(model.path, dtype=dtype, **reuse)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(
+                f"Could not load {model.name} from {model.path}: {exc}"
+            ) from exc
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    def _pipeline_for(self, request: GenerationRequest) -> Any:
+        if request.model not in self.pipelines:
+            raise RuntimeError(f"model {request.model} is not loaded in this worker")
+        if request.task is not Task.IMAGE_TO_IMAGE:
+            return self.pipelines[request.model]
+        if request.model not in self._img2img:  # the same modules, another loop: no memory
+            base = self.pipelines[request.model]
+            # from_pipe casts the (shared) modules to ``dtype``, float32 if not given.
+            img2img = FluxImg2ImgPipeline.from_pipe(base, dtype=base.dtype)
+            img2img.set_progress_bar_config(disable=True)
+            self._img2img[request.model] = img2img
+        return self._img2img[request.model]
+
     def generate(
-        self, request: GenerationRequest, on_step: OnStep, should_stop: ShouldStop
+        self,
+        request: GenerationRequest,
+        inputs: GenerationInputs,
+        on_step: OnStep,
+        should_stop: ShouldStop,
     ) -> list[Image.Image]:
-        if self.pipeline is None:
+        if not self.pipelines:
             raise RuntimeError("FluxRunner.generate called before load()")
-        steps = request.steps
+        pipeline = self._pipeline_for(request)
+        spec = self.models[request.model].spec
         cancelled = False
 
         def step_end(pipe, step: int, _timestep, callback_kwargs):
             nonlocal cancelled
-            on_step(step + 1, steps)
+            # Image-to-image runs only the last ``strength`` share of the steps.
+            on_step(step + 1, pipe.num_timesteps or request.steps)
             if should_stop():
                 cancelled = True
                 pipe._interrupt = True  # diffusers' documented way to stop the loop
@@ -77,20 +139,48 @@ class FluxRunner:
 
         # Noise from a seeded CPU generator: the same seed gives the same image on any device.
         generator = torch.Generator("cpu").manual_seed(request.seed)
-        spec = self.model.spec
+        arguments = dict(
+            prompt=request.prompt,
+            width=request.width,
+            height=request.height,
+            num_inference_steps=request.steps,
+            # schnell ignores guidance; the pipeline needs a number anyway.
+            guidance_scale=request.guidance if request.guidance is not None else 0.0,
+            max_sequence_length=spec.max_sequence_length,
+            num_images_per_prompt=request.num_images,  # one batch, noise from one seed
+            generator=generator,
+            callback_on_step_end=step_end,
+        )
+        arguments.update(task_arguments(request, inputs, random_weights=spec.random_weights))
         with torch.inference_mode():
-            output = self.pipeline(
-                prompt=request.prompt,
-                width=request.width,
-                height=request.height,
-                num_inference_steps=steps,
-                # schnell ignores guidance; the pipeline needs a number anyway.
-                guidance_scale=request.guidance if request.guidance is not None else 0.0,
-                max_sequence_length=spec.max_sequence_length,
-                num_images_per_prompt=request.num_images,  # one batch, noise from one seed
-                generator=generator,
-                callback_on_step_end=step_end,
-            )
+            output = pipeline(**arguments)
         if cancelled:
             raise GenerationCancelled("generation stopped before its last step")
         return list(output.images)
+
+
+def task_arguments(
+    request: GenerationRequest, inputs: GenerationInputs, random_weights: bool
+) -> dict[str, Any]:
+    """The pipeline arguments a task adds to text-to-image's."""
+    if request.task is Task.IMAGE_TO_IMAGE:
+        return {"image": inputs.images[0].convert("RGB"), "strength": request.strength}
+    if request.task is Task.FILL:
+        return {"image": inputs.images[0].convert("RGB"), "mask_image": inputs.mask}
+    if request.task is Task.EDIT and inputs.images:
+        # Real Kontext weights work best with references at their trained resolutions;
+        # the tiny models keep references small so tests stay fast.
+        return {
+            "image": reference_sheet(inputs.images),
+            "_auto_resize": not random_weights,
+            **kontext_area(request),
+        }
+    if request.task is Task.EDIT:
+        return kontext_area(request)
+    return {}
+
+
+def kontext_area(request: GenerationRequest) -> dict[str, Any]:
+    # Kontext rescales every output to ``max_area`` (default 1 MP) at the requested shape;
+    # the API already chose the size, so the area is exactly that size's.
+    return {"max_area": request.width * request.height}

@@ -1,8 +1,14 @@
-"""The ``tiny`` model: FLUX.1's structure at tiny sizes, random weights, built offline.
+"""The tiny models: FLUX.1's structures at tiny sizes, random weights, built offline.
 
-Every class is the real diffusers / transformers one, and the directory it writes is an
-ordinary diffusers-format checkpoint, so it loads through the same code as FLUX.1 weights.
-Its images are noise.
+``tiny`` is FLUX.1 [dev] (FluxPipeline), ``tiny-kontext`` FLUX.1 Kontext
+(FluxKontextPipeline) and ``tiny-fill`` FLUX.1 Fill (FluxFillPipeline, whose transformer
+also reads the masked image and the mask). Every class is the real diffusers /
+transformers one, and the directory written is an ordinary diffusers-format checkpoint,
+so it loads through the same code as FLUX.1 weights. Their images are noise.
+
+As with the real FLUX.1 family, the three share byte-identical text encoders, tokenizers
+and VAE (each component is built from its own seed), so a server that loads several
+shares those components between them.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import torch
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
+    FluxFillPipeline,
+    FluxKontextPipeline,
     FluxPipeline,
     FluxTransformer2DModel,
 )
@@ -72,13 +80,25 @@ def build_t5_tokenizer() -> T5TokenizerFast:
     return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
 
 
-def build_tiny_pipeline() -> FluxPipeline:
-    """A FluxPipeline with seeded random weights (same bytes on every machine build)."""
+# variant -> (pipeline class, transformer input channels)
+VARIANTS: dict[str, tuple[type, int]] = {
+    "tiny": (FluxPipeline, 64),  # 16 latent channels packed 2x2, as FLUX.1
+    "tiny-kontext": (FluxKontextPipeline, 64),  # references join the sequence, not channels
+    # Fill: the noisy latents (64), the masked image's latents (64) and the 8x8 mask
+    # packed 2x2 (256), as FLUX.1 Fill.
+    "tiny-fill": (FluxFillPipeline, 384),
+}
+
+
+def build_tiny_pipeline(variant: str = "tiny"):
+    """A tiny pipeline of ``variant`` with seeded random weights (same bytes on every build)."""
+    pipeline_class, in_channels = VARIANTS[variant]
     clip_tokenizer, t5_tokenizer = build_clip_tokenizer(), build_t5_tokenizer()
-    torch.manual_seed(SEED)
+    torch.manual_seed(SEED + 1 + list(VARIANTS).index(variant))  # each variant its own
     transformer = FluxTransformer2DModel(
         patch_size=1,
-        in_channels=64,  # 16 latent channels packed 2x2, as FLUX.1
+        in_channels=in_channels,
+        out_channels=64,
         num_layers=1,
         num_single_layers=1,
         attention_head_dim=16,
@@ -88,6 +108,7 @@ def build_tiny_pipeline() -> FluxPipeline:
         axes_dims_rope=[4, 4, 8],  # sums to attention_head_dim
         guidance_embeds=True,
     )
+    torch.manual_seed(SEED)  # the shared components: the same bytes in every variant
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -138,7 +159,7 @@ def build_tiny_pipeline() -> FluxPipeline:
         shift=3.0,
         use_dynamic_shifting=True,
     )
-    return FluxPipeline(
+    return pipeline_class(
         scheduler=scheduler,
         vae=vae,
         text_encoder=text_encoder,
@@ -149,8 +170,8 @@ def build_tiny_pipeline() -> FluxPipeline:
     )
 
 
-def make_tiny(directory: Path) -> Path:
-    """Write the tiny model to ``directory`` as a diffusers-format checkpoint.
+def make_tiny(directory: Path, variant: str = "tiny") -> Path:
+    """Write the tiny model ``variant`` to ``directory`` as a diffusers-format checkpoint.
 
     The directory appears whole or not at all (built beside it, then renamed), so two
     workers building it at once cannot leave half a model.
@@ -162,9 +183,9 @@ def make_tiny(directory: Path) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory.parent))
     diffusers.utils.logging.disable_progress_bar()
     try:
-        build_tiny_pipeline().save_pretrained(staging)
+        build_tiny_pipeline(variant).save_pretrained(staging)
         (staging / MARKER).write_text(
-            json.dumps({"model": "tiny", "note": "random weights; images are noise"})
+            json.dumps({"model": variant, "note": "random weights; images are noise"})
         )
         if directory.exists() and not any(directory.iterdir()):
             directory.rmdir()
@@ -175,5 +196,5 @@ def make_tiny(directory: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("wrote the tiny test model to %s", directory)
+    logger.info("wrote the %s test model to %s", variant, directory)
     return directory

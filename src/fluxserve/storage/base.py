@@ -17,6 +17,16 @@ def result_key(job_id: str, attempt: int, index: int, extension: str) -> str:
     return f"results/{job_id}/{attempt}-{index}.{extension}"
 
 
+def input_key(job_id: str, name: str) -> str:
+    """``inputs/<job-id>/<name>.png``: a job's input images, kept for a retry."""
+    return f"inputs/{job_id}/{name}.png"
+
+
+def job_prefixes(job_id: str) -> list[str]:
+    """Every folder that holds a job's blobs (a lost attempt's stray files included)."""
+    return [f"results/{job_id}", f"inputs/{job_id}"]
+
+
 def is_valid_key(key: str) -> bool:
     """Keys are plain relative paths: no '..', no absolute paths, no odd characters."""
     return bool(_KEY.match(key))
@@ -31,6 +41,10 @@ class BlobStorage(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove a blob; no error if it is already gone."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every blob under the folder ``prefix``; no error if there is none."""
         ...
 
     def url(self, key: str, base_url: str, ttl_seconds: int) -> str:

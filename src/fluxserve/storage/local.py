@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from urllib.parse import urlencode
@@ -39,6 +40,11 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        if not is_valid_key(prefix + ".x"):  # the same rules as a key, without an extension
+            raise StorageError(f"invalid blob prefix {prefix!r}")
+        shutil.rmtree(self.root / prefix, ignore_errors=True)
 
     def url(self, key: str, base_url: str, ttl_seconds: int) -> str:
         expires, signature = self.signer.sign(key, ttl_seconds)

@@ -320,5 +320,21 @@ class SqlJobStore:
             ).all()
         return [row_to_job(r) for r in (*cancelled, *failed, *requeued)]
 
+    def purge_ended(self, finished_before: float, limit: int = 500) -> list[str]:
+        """Delete up to ``limit`` jobs that ended before ``finished_before``; their ids."""
+        ended = [s.value for s in JobStatus if s.is_terminal]
+        with self.engine.begin() as conn:
+            ids = list(
+                conn.execute(
+                    sa.select(jobs.c.id)
+                    .where(jobs.c.status.in_(ended), jobs.c.finished_at < finished_before)
+                    .order_by(jobs.c.seq)
+                    .limit(limit)
+                ).scalars()
+            )
+            if ids:
+                conn.execute(jobs.delete().where(jobs.c.id.in_(ids)))
+        return ids
+
     def close(self) -> None:
         self.engine.dispose()
