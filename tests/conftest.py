@@ -32,6 +32,40 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny(tmp_path_factory.mktemp("models") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny_kontext_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fluxserve.runtime.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("models") / "tiny-kontext", "tiny-kontext")
+
+
+@pytest.fixture(scope="session")
+def tiny_fill_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fluxserve.runtime.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("models") / "tiny-fill", "tiny-fill")
+
+
+@pytest.fixture
+def image_settings(
+    tmp_path: Path, tiny_model_dir: Path, tiny_kontext_dir: Path, tiny_fill_dir: Path
+) -> Settings:
+    """Three tiny models in one worker: text-to-image, Kontext and Fill."""
+    return Settings(
+        model=[str(tiny_model_dir), str(tiny_kontext_dir), str(tiny_fill_dir)],
+        data_dir=tmp_path / "data",
+        worker_mode="thread",
+    )
+
+
+@pytest.fixture
+def image_client(image_settings: Settings) -> Iterator[TestClient]:
+    """The app serving tiny, tiny-kontext and tiny-fill."""
+    with TestClient(create_app(image_settings)) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
 @pytest.fixture
 def settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
     return Settings(

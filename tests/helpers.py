@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import socket
 import sys
 import time
 from pathlib import Path
+
+from PIL import Image
 
 from fastapi.testclient import TestClient
 
@@ -40,3 +44,36 @@ def poll_result(client, job_id: str, timeout: float = 60.0) -> dict:
 
 
 SMALL = {"width": 256, "height": 256}
+
+
+def image_bytes(
+    size: tuple[int, int] = (96, 64), fmt: str = "PNG", transparent_box: tuple | None = None
+) -> bytes:
+    """A test picture: a gradient (so resizes and crops show), optionally with a
+    transparent rectangle (x0, y0, x1, y1) for alpha-mask tests."""
+    width, height = size
+    image = Image.new("RGBA" if transparent_box else "RGB", size)
+    image.putdata(
+        [((x * 255) // width, (y * 255) // height, 128, 255)[: len(image.getbands())]
+         for y in range(height) for x in range(width)]
+    )  # fmt: skip
+    if transparent_box:
+        image.paste((0, 0, 0, 0), transparent_box)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def data_uri(data: bytes, content_type: str = "image/png") -> str:
+    return f"data:{content_type};base64,{b64(data)}"
+
+
+def fetch_image(client, url: str) -> Image.Image:
+    """The image at a signed result URL of the test client's server."""
+    response = client.get(url)
+    assert response.status_code == 200, response.text
+    return Image.open(io.BytesIO(response.content))

@@ -185,7 +185,10 @@ def infer_spec(name: str, model_dir: Path | None) -> ModelSpec:
     return replace(base, name=name, source=source)
 
 
-PIPELINE_CLASS_SPECS = {"FluxKontextPipeline": "flux-kontext-dev", "FluxFillPipeline": "flux-fill-dev"}
+PIPELINE_CLASS_SPECS = {
+    "FluxKontextPipeline": "flux-kontext-dev",
+    "FluxFillPipeline": "flux-fill-dev",
+}
 
 
 def _read_json(model_dir: Path | None, relative: str) -> dict:

@@ -155,9 +155,7 @@ class WorkerPool:
 
     def _thread_main(self, slot: WorkerSlot) -> None:
         try:
-            run_worker(
-                self.settings, slot.models, slot.worker_id, slot.wake, slot.stop, slot.ready
-            )
+            run_worker(self.settings, slot.models, slot.worker_id, slot.wake, slot.stop, slot.ready)
         except Exception as exc:
             logger.exception("worker %s crashed", slot.worker_id)
             slot.error = f"{type(exc).__name__}: {exc}"

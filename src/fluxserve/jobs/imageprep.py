@@ -17,6 +17,9 @@ from fluxserve.sizing import fit_size, parse_aspect_ratio, size_for_aspect
 from fluxserve.specs import ModelSpec
 
 RESAMPLE = Image.Resampling.LANCZOS
+# Image-to-image strength when a client gives none: fal's default for FLUX.1 [dev]. The
+# start image sets the layout and colours; the prompt decides the rest.
+DEFAULT_STRENGTH = 0.95
 
 
 @dataclass
@@ -27,6 +30,10 @@ class Prepared:
     height: int
     images: list[Image.Image]
     mask: Image.Image | None = None
+
+    def parts(self) -> tuple[list[Image.Image], Image.Image | None]:
+        """``(images, mask)``, as JobService.submit takes them."""
+        return self.images, self.mask
 
 
 def edit_size(spec: ModelSpec, aspect_ratio: str | None, references: list[Image.Image],

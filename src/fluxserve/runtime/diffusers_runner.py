@@ -96,9 +96,7 @@ class FluxRunner:
         try:
             pipeline = pipeline_class.from_pretrained(model.path, dtype=dtype, **reuse)
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(
-                f"Could not load {model.name} from {model.path}: {exc}"
-            ) from exc
+            raise ModelLoadError(f"Could not load {model.name} from {model.path}: {exc}") from exc
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
 

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
-from fluxserve.api.bfl.protocol import AsyncResponse, ResultResponse, _Inputs
-from fluxserve.domain import GenerationRequest, Job, JobStatus, OutputFormat, random_seed
-from fluxserve.errors import InvalidRequest
+from fluxserve.api.bfl.protocol import (
+    AsyncResponse,
+    FluxKontextProInputs,
+    FluxProExpandInputs,
+    FluxProFillInputs,
+    ResultResponse,
+    _CommonInputs,
+    _Inputs,
+)
+from fluxserve.domain import GenerationRequest, Job, JobStatus, OutputFormat, Task, random_seed
+from fluxserve.imageinput import ImageReader
+from fluxserve.jobs import imageprep
+from fluxserve.jobs.imageprep import Prepared
 from fluxserve.specs import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -23,11 +34,8 @@ STATUS_NAMES: dict[JobStatus, str] = {
 
 
 def to_generation_request(endpoint: str, inputs: _Inputs, spec: ModelSpec) -> GenerationRequest:
-    """The domain request for ``inputs`` on the model ``spec``; raises InvalidRequest."""
-    if inputs.image_prompt is not None:
-        raise InvalidRequest(
-            "image_prompt", "image_prompt (FLUX Redux) is not supported by this server yet"
-        )
+    """The domain request for ``inputs`` on the model ``spec`` (text-to-image fields;
+    ``with_image_prompt`` adds the start image); raises InvalidRequest."""
     # Only declared fields count: FLUX1.1 [pro] has no steps or guidance, and the copies a
     # client sends anyway sit among the ignored extras.
     declared = type(inputs).model_fields
@@ -48,6 +56,77 @@ def to_generation_request(endpoint: str, inputs: _Inputs, spec: ModelSpec) -> Ge
         prompt_upsampling=inputs.prompt_upsampling,
         endpoint=endpoint,
     )
+
+
+def with_image_prompt(
+    request: GenerationRequest, inputs: _Inputs, reader: ImageReader
+) -> tuple[GenerationRequest, Prepared | None]:
+    """``image_prompt`` makes the request image-to-image from that start image."""
+    if inputs.image_prompt is None:
+        return request, None
+    strength = inputs.strength if inputs.strength is not None else imageprep.DEFAULT_STRENGTH
+    imageprep.check_strength(strength, request.steps)
+    image = reader.open(inputs.image_prompt, "image_prompt")
+    prepared = imageprep.prepare_image_to_image(image, request.width, request.height)
+    request = dataclasses.replace(request, task=Task.IMAGE_TO_IMAGE, strength=strength)
+    return request, prepared
+
+
+def _common(endpoint: str, inputs: _CommonInputs, spec: ModelSpec, default_format: str):
+    return dict(
+        model=spec.name,
+        seed=inputs.seed if inputs.seed is not None else random_seed(),
+        output_format=OutputFormat(inputs.output_format or default_format),
+        safety_tolerance=inputs.safety_tolerance,
+        prompt_upsampling=inputs.prompt_upsampling,
+        endpoint=endpoint,
+    )
+
+
+def kontext_request(
+    endpoint: str, inputs: FluxKontextProInputs, spec: ModelSpec, reader: ImageReader
+) -> tuple[GenerationRequest, Prepared]:
+    """Kontext: edit the input image(s) as the prompt says, or draw from text alone."""
+    references = [reader.open(value, name) for name, value in inputs.references()]
+    width, height = imageprep.edit_size(spec, inputs.aspect_ratio, references)
+    prepared = imageprep.prepare_edit(spec, references, width, height)
+    request = GenerationRequest(
+        prompt=inputs.prompt,
+        width=width,
+        height=height,
+        steps=spec.effective_steps(None),
+        guidance=spec.effective_guidance(None),
+        task=Task.EDIT,
+        **_common(endpoint, inputs, spec, "png"),
+    )
+    return request, prepared
+
+
+def fill_request(
+    endpoint: str,
+    inputs: FluxProFillInputs | FluxProExpandInputs,
+    spec: ModelSpec,
+    reader: ImageReader,
+) -> tuple[GenerationRequest, Prepared]:
+    """Fill repaints the mask's white area; Expand grows the canvas and paints the border."""
+    image = reader.open(inputs.image, "image")
+    if isinstance(inputs, FluxProExpandInputs):
+        prepared = imageprep.prepare_expand(
+            spec, image, inputs.top, inputs.bottom, inputs.left, inputs.right
+        )
+    else:
+        mask = reader.open(inputs.mask, "mask") if inputs.mask else None
+        prepared = imageprep.prepare_fill(spec, image, mask)
+    request = GenerationRequest(
+        prompt=inputs.prompt,
+        width=prepared.width,
+        height=prepared.height,
+        steps=spec.effective_steps(inputs.steps),
+        guidance=spec.effective_guidance(inputs.guidance),
+        task=Task.FILL,
+        **_common(endpoint, inputs, spec, "jpeg"),
+    )
+    return request, prepared
 
 
 def polling_url(base_url: str, job_id: str) -> str:

@@ -41,7 +41,14 @@ class _Inputs(BaseModel):
 
     prompt: Prompt = Field("", description="What to draw.")
     image_prompt: str | None = Field(
-        None, description="Base64 image to use as a prompt (FLUX Redux); not served yet."
+        None,
+        description="Start image (base64, data: URI or URL): served as image-to-image on the "
+        "text-to-image model.",
+    )
+    strength: Annotated[float, Field(gt=0, le=1), NotBool] | None = Field(
+        None,
+        description="fluxserve extension: how far image_prompt is noised before denoising "
+        "(1: only its colours survive); default 0.95.",
     )
     width: Dimension = 1024
     height: Dimension = 768
@@ -78,6 +85,79 @@ class FluxProInputs(_Inputs):
     guidance: Guidance | None = Field(None, description="Guidance strength.")
     interval: Annotated[float, Field(ge=1, le=4), NotBool] | None = Field(
         None, description="Accepted for compatibility; not used."
+    )
+
+
+ImageReference = Annotated[str, Field(min_length=1, description="Base64, data: URI or URL.")]
+FillSteps = Annotated[int, Field(ge=15, le=50), NotBool]
+FillGuidance = Annotated[float, Field(ge=1.5, le=100), NotBool]
+Margin = Annotated[int, Field(ge=0, le=2048), NotBool]
+
+
+class _CommonInputs(BaseModel):
+    """The fields of BFL's editing endpoints that are not about images."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seed: Seed | None = Field(None, description="0..2^64-1; random when absent.")
+    safety_tolerance: Annotated[int, Field(ge=0, le=6), NotBool] = Field(
+        2, description="0 (strictest) to 6."
+    )
+    output_format: OutputFormatName | None = Field("jpeg", description="jpeg, png or webp.")
+    prompt_upsampling: bool = Field(False, description="Rewrite the prompt before generating.")
+    webhook_url: str | None = Field(None, min_length=1, max_length=2083)
+    webhook_secret: str | None = None
+
+
+class FluxKontextProInputs(_CommonInputs):
+    """``/v1/flux-kontext-pro`` and ``/v1/flux-kontext-max``: edit with reference images."""
+
+    prompt: Annotated[str, Field(min_length=1), AfterValidator(valid_text)] = Field(
+        description="The edit to make, or the picture to draw without an input image."
+    )
+    input_image: ImageReference | None = Field(None, description="The image to edit.")
+    input_image_2: ImageReference | None = Field(None, description="Another reference.")
+    input_image_3: ImageReference | None = None
+    input_image_4: ImageReference | None = None
+    aspect_ratio: str | None = Field(
+        None, description="W:H between 21:9 and 9:21; default: the input image's, else 1:1."
+    )
+    output_format: OutputFormatName | None = Field("png", description="jpeg, png or webp.")
+
+    def references(self) -> list[tuple[str, str]]:
+        """(field name, value) of each reference image given, in order."""
+        names = ["input_image", "input_image_2", "input_image_3", "input_image_4"]
+        return [(name, getattr(self, name)) for name in names if getattr(self, name)]
+
+
+class FluxProFillInputs(_CommonInputs):
+    """``/v1/flux-pro-1.0-fill``: repaint where the mask is white."""
+
+    image: ImageReference = Field(
+        description="The image; transparent pixels are repainted when no mask is given."
+    )
+    mask: ImageReference | None = Field(
+        None, description="Same size as image: white repaints, black keeps."
+    )
+    prompt: Prompt = Field("", description="What to paint in the masked area.")
+    steps: FillSteps | None = Field(None, description="15-50; default: the model's (50).")
+    guidance: FillGuidance | None = Field(
+        None, description="1.5-100; default: the model's (30 on FLUX.1 Fill [dev])."
+    )
+
+
+class FluxProExpandInputs(_CommonInputs):
+    """``/v1/flux-pro-1.0-expand``: grow the canvas and paint the new border."""
+
+    image: ImageReference = Field(description="The image to extend.")
+    top: Margin = Field(0, description="Pixels to add above; 0-2048.")
+    bottom: Margin = Field(0, description="Pixels to add below; 0-2048.")
+    left: Margin = Field(0, description="Pixels to add on the left; 0-2048.")
+    right: Margin = Field(0, description="Pixels to add on the right; 0-2048.")
+    prompt: Prompt = Field("", description="What the new border shows.")
+    steps: FillSteps | None = Field(None, description="15-50; default: the model's (50).")
+    guidance: FillGuidance | None = Field(
+        None, description="1.5-100; default: the model's (30 on FLUX.1 Fill [dev])."
     )
 
 

@@ -10,7 +10,10 @@ from fluxserve.api.bfl import convert
 from fluxserve.api.bfl.protocol import (
     AsyncResponse,
     FluxDevInputs,
+    FluxKontextProInputs,
     FluxPro11Inputs,
+    FluxProExpandInputs,
+    FluxProFillInputs,
     FluxProInputs,
     FluxSchnellInputs,
     ResultResponse,
@@ -25,9 +28,13 @@ XKey = Annotated[
 ]
 
 
+# The routes are plain ``def``: FastAPI runs them in the thread pool, where fetching and
+# decoding input images may block without stalling the event loop.
 def _submit(endpoint: str, inputs: _Inputs, services: ServicesDep, base: str) -> AsyncResponse:
     spec = services.router.route(endpoint)
-    job = services.jobs.submit(convert.to_generation_request(endpoint, inputs, spec))
+    request = convert.to_generation_request(endpoint, inputs, spec)
+    request, prepared = convert.with_image_prompt(request, inputs, services.images)
+    job = services.jobs.submit(request, *(prepared.parts() if prepared else ()))
     return convert.to_async_response(job, base)
 
 
@@ -57,6 +64,54 @@ def flux_pro_11(
 def flux_pro(inputs: FluxProInputs, services: ServicesDep, base: BaseUrlDep, x_key: XKey = None):
     """Generate an image on the model mapped to FLUX.1 [pro] (legacy endpoint)."""
     return _submit("flux-pro", inputs, services, base)
+
+
+@router.post("/flux-kontext-pro", response_model=AsyncResponse)
+def flux_kontext_pro(
+    inputs: FluxKontextProInputs, services: ServicesDep, base: BaseUrlDep, x_key: XKey = None
+):
+    """Edit up to four reference images as the prompt says (or draw from the prompt alone)."""
+    return _submit_kontext("flux-kontext-pro", inputs, services, base)
+
+
+@router.post("/flux-kontext-max", response_model=AsyncResponse)
+def flux_kontext_max(
+    inputs: FluxKontextProInputs, services: ServicesDep, base: BaseUrlDep, x_key: XKey = None
+):
+    """As flux-kontext-pro; served by the same Kontext model unless --alias maps it."""
+    return _submit_kontext("flux-kontext-max", inputs, services, base)
+
+
+def _submit_kontext(endpoint: str, inputs: FluxKontextProInputs, services: ServicesDep,
+                    base: str) -> AsyncResponse:  # fmt: skip
+    spec = services.router.route(endpoint)
+    request, prepared = convert.kontext_request(endpoint, inputs, spec, services.images)
+    job = services.jobs.submit(request, *prepared.parts())
+    return convert.to_async_response(job, base)
+
+
+@router.post("/flux-pro-1.0-fill", response_model=AsyncResponse)
+def flux_pro_fill(
+    inputs: FluxProFillInputs, services: ServicesDep, base: BaseUrlDep, x_key: XKey = None
+):
+    """Inpaint: repaint the mask's white area (or the image's transparent pixels)."""
+    return _submit_fill("flux-pro-1.0-fill", inputs, services, base)
+
+
+@router.post("/flux-pro-1.0-expand", response_model=AsyncResponse)
+def flux_pro_expand(
+    inputs: FluxProExpandInputs, services: ServicesDep, base: BaseUrlDep, x_key: XKey = None
+):
+    """Outpaint: add top/bottom/left/right pixels to the image and paint them in."""
+    return _submit_fill("flux-pro-1.0-expand", inputs, services, base)
+
+
+def _submit_fill(endpoint: str, inputs: FluxProFillInputs | FluxProExpandInputs,
+                 services: ServicesDep, base: str) -> AsyncResponse:  # fmt: skip
+    spec = services.router.route(endpoint)
+    request, prepared = convert.fill_request(endpoint, inputs, spec, services.images)
+    job = services.jobs.submit(request, *prepared.parts())
+    return convert.to_async_response(job, base)
 
 
 # async, so a poll is answered on the event loop without a thread-pool hop (which costs
