@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image
-
 from fastapi.testclient import TestClient
+from PIL import Image
 
 # The console script of the venv running the tests.
 FLUXSERVE = str(Path(sys.executable).with_name("fluxserve"))

@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from PIL import Image
+
 from fluxserve.domain import Job
 from fluxserve.engine.lease import LeaseKeeper
 from fluxserve.errors import GenerationCancelled
@@ -18,8 +20,6 @@ from fluxserve.runtime.base import GenerationInputs, Runner
 from fluxserve.runtime.postprocess import encode_image, generation_metadata
 from fluxserve.storage.base import BlobStorage, result_key
 from fluxserve.store.base import JobStore
-
-from PIL import Image
 
 logger = logging.getLogger(__name__)
 

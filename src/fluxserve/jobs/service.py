@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
 from PIL import Image
-
 from starlette.concurrency import run_in_threadpool
 
 from fluxserve.domain import GenerationRequest, Job, JobStatus

@@ -137,18 +137,18 @@ class FluxRunner:
 
         # Noise from a seeded CPU generator: the same seed gives the same image on any device.
         generator = torch.Generator("cpu").manual_seed(request.seed)
-        arguments = dict(
-            prompt=request.prompt,
-            width=request.width,
-            height=request.height,
-            num_inference_steps=request.steps,
+        arguments = {
+            "prompt": request.prompt,
+            "width": request.width,
+            "height": request.height,
+            "num_inference_steps": request.steps,
             # schnell ignores guidance; the pipeline needs a number anyway.
-            guidance_scale=request.guidance if request.guidance is not None else 0.0,
-            max_sequence_length=spec.max_sequence_length,
-            num_images_per_prompt=request.num_images,  # one batch, noise from one seed
-            generator=generator,
-            callback_on_step_end=step_end,
-        )
+            "guidance_scale": request.guidance if request.guidance is not None else 0.0,
+            "max_sequence_length": spec.max_sequence_length,
+            "num_images_per_prompt": request.num_images,  # one batch, noise from one seed
+            "generator": generator,
+            "callback_on_step_end": step_end,
+        }
         arguments.update(task_arguments(request, inputs, random_weights=spec.random_weights))
         with torch.inference_mode():
             output = pipeline(**arguments)

@@ -73,14 +73,14 @@ def with_image_prompt(
 
 
 def _common(endpoint: str, inputs: _CommonInputs, spec: ModelSpec, default_format: str):
-    return dict(
-        model=spec.name,
-        seed=inputs.seed if inputs.seed is not None else random_seed(),
-        output_format=OutputFormat(inputs.output_format or default_format),
-        safety_tolerance=inputs.safety_tolerance,
-        prompt_upsampling=inputs.prompt_upsampling,
-        endpoint=endpoint,
-    )
+    return {
+        "model": spec.name,
+        "seed": inputs.seed if inputs.seed is not None else random_seed(),
+        "output_format": OutputFormat(inputs.output_format or default_format),
+        "safety_tolerance": inputs.safety_tolerance,
+        "prompt_upsampling": inputs.prompt_upsampling,
+        "endpoint": endpoint,
+    }
 
 
 def kontext_request(
