@@ -52,7 +52,7 @@ def test_readyz_waits_for_the_worker(settings):
     with TestClient(app) as running:
         wait_ready(running)
         (worker,) = running.get("/readyz").json()["workers"]
-        assert worker["model"] == "tiny"
+        assert worker["models"] == ["tiny"]
         assert worker["alive"]
         assert worker["ready"]
 

@@ -50,18 +50,35 @@ def models(*specs: ModelSpec) -> dict[str, ModelSpec]:
 # -- ModelRouter ----------------------------------------------------------------------------
 
 
-def test_endpoint_kinds_cover_the_text_to_image_endpoints():
-    assert ENDPOINT_KINDS == {
-        "flux-dev": ModelKind.DEV,
-        "flux-schnell": ModelKind.SCHNELL,
-        "flux-pro-1.1": ModelKind.DEV,
-        "flux-pro": ModelKind.DEV,
-        "fal-ai/flux/schnell": ModelKind.SCHNELL,
-        "fal-ai/flux/dev": ModelKind.DEV,
-        "fal-ai/flux-1/schnell": ModelKind.SCHNELL,
-        "fal-ai/flux-1/dev": ModelKind.DEV,
-        "fal-ai/flux-pro/v1.1": ModelKind.DEV,
-    }
+def test_endpoint_kinds_cover_every_endpoint_of_every_dialect():
+    text = {ModelKind.DEV, ModelKind.SCHNELL}
+    assert {k for k, v in ENDPOINT_KINDS.items() if v in text} == {
+        "flux-dev", "flux-schnell", "flux-pro-1.1", "flux-pro", "fal-ai/flux/schnell",
+        "fal-ai/flux/dev", "fal-ai/flux/dev/image-to-image", "fal-ai/flux-1/schnell",
+        "fal-ai/flux-1/dev", "fal-ai/flux-pro/v1.1",
+    }  # fmt: skip
+    assert {k for k, v in ENDPOINT_KINDS.items() if v is ModelKind.KONTEXT} == {
+        "flux-kontext-pro", "flux-kontext-max", "fal-ai/flux-kontext/dev",
+        "fal-ai/flux-pro/kontext", "fal-ai/flux-pro/kontext/max",
+        "fal-ai/flux-pro/kontext/multi", "fal-ai/flux-pro/kontext/max/multi",
+        "fal-ai/flux-pro/kontext/text-to-image", "fal-ai/flux-pro/kontext/max/text-to-image",
+    }  # fmt: skip
+    assert {k for k, v in ENDPOINT_KINDS.items() if v is ModelKind.FILL} == {
+        "flux-pro-1.0-fill", "flux-pro-1.0-expand", "fal-ai/flux-pro/v1/fill",
+    }  # fmt: skip
+
+
+def test_image_endpoints_need_a_model_of_their_kind_not_tiny():
+    kontext, fill = MODEL_SPECS["tiny-kontext"], MODEL_SPECS["tiny-fill"]
+    router = ModelRouter(models(TINY, kontext, fill))
+    assert router.route("flux-kontext-max") is kontext
+    assert router.route("fal-ai/flux-pro/v1/fill") is fill
+    assert router.route("fal-ai/flux/dev/image-to-image") is TINY
+    only_tiny = ModelRouter(models(TINY))
+    with pytest.raises(ModelNotAvailable) as raised:
+        only_tiny.route("flux-pro-1.0-expand")
+    assert "a Fill model such as flux-fill-dev" in raised.value.message
+    assert "this server has tiny" in raised.value.message
 
 
 @pytest.mark.parametrize(
@@ -156,13 +173,14 @@ def test_table():
     assert table["flux-kontext-pro"] == "my-dev"
     assert table["fal-ai/flux/dev"] == "my-dev"
     assert table["fal-ai/flux/schnell"] is None
-    assert list(table) == [*ENDPOINT_KINDS, "flux-kontext-pro"]
+    assert table["flux-kontext-max"] is None
+    assert list(table) == list(ENDPOINT_KINDS)
 
 
 def test_table_with_both_kinds():
     router = ModelRouter(models(DEV, SCHNELL))
-    expected = {name: kind.value.replace("dev", "flux-dev").replace("schnell", "flux-schnell")
-                for name, kind in ENDPOINT_KINDS.items()}  # fmt: skip
+    served = {ModelKind.DEV: "flux-dev", ModelKind.SCHNELL: "flux-schnell"}
+    expected = {name: served.get(kind) for name, kind in ENDPOINT_KINDS.items()}
     assert router.table() == expected
 
 
@@ -254,9 +272,13 @@ def test_output_format_none_means_jpeg():
     assert request.output_format is OutputFormat.JPEG
 
 
-def test_image_prompt_rejected():
+def test_image_prompt_that_is_not_an_image_is_refused_naming_it():
+    from fluxserve.imageinput import ImageReader
+
+    inputs = FluxDevInputs(image_prompt="aGVsbG8=")  # base64 of "hello"
+    request = convert.to_generation_request("flux-dev", inputs, DEV)
     with pytest.raises(InvalidRequest) as raised:
-        convert.to_generation_request("flux-dev", FluxDevInputs(image_prompt="aGVsbG8="), DEV)
+        convert.with_image_prompt(request, inputs, ImageReader())
     assert raised.value.field == "image_prompt"
 
 

@@ -107,8 +107,14 @@ class FluxRunner:
             return self.pipelines[request.model]
         if request.model not in self._img2img:  # the same modules, another loop: no memory
             base = self.pipelines[request.model]
-            # from_pipe casts the (shared) modules to ``dtype``, float32 if not given.
-            img2img = FluxImg2ImgPipeline.from_pipe(base, dtype=base.dtype)
+            # from_pipe casts the (shared) modules to ``dtype``, float32 if not given; the
+            # cast to their own dtype changes nothing but warns, so the warning is muted.
+            verbosity = diffusers.utils.logging.get_verbosity()
+            diffusers.utils.logging.set_verbosity_error()
+            try:
+                img2img = FluxImg2ImgPipeline.from_pipe(base, dtype=base.dtype)
+            finally:
+                diffusers.utils.logging.set_verbosity(verbosity)
             img2img.set_progress_bar_config(disable=True)
             self._img2img[request.model] = img2img
         return self._img2img[request.model]

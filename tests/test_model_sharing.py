@@ -1,0 +1,96 @@
+"""Several models in one worker: the tiny variants, and components loaded once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from fluxserve.domain import GenerationRequest, Task
+from fluxserve.runtime.base import GenerationInputs
+from fluxserve.runtime.diffusers_runner import FluxRunner
+from fluxserve.specs import ModelKind, infer_spec
+from fluxserve.weights import ResolvedModel, component_fingerprint
+
+
+def resolved(path) -> ResolvedModel:
+    return ResolvedModel(path.name, infer_spec(path.name, path), path)
+
+
+def test_tiny_variants_are_marked_with_their_kind(tiny_model_dir, tiny_kontext_dir, tiny_fill_dir):
+    assert infer_spec("a", tiny_model_dir).kind is ModelKind.TEST
+    assert infer_spec("b", tiny_kontext_dir).kind is ModelKind.KONTEXT
+    assert infer_spec("c", tiny_fill_dir).kind is ModelKind.FILL
+    assert all(infer_spec("x", d).random_weights for d in (tiny_kontext_dir, tiny_fill_dir))
+
+
+def test_a_model_directory_is_recognised_by_its_pipeline_class(tmp_path, tiny_fill_dir):
+    copy = tmp_path / "some-fill-model"
+    shutil.copytree(tiny_fill_dir, copy)
+    (copy / "fluxserve_tiny.json").unlink()  # no marker: read model_index.json
+    assert json.loads((copy / "model_index.json").read_text())["_class_name"] == "FluxFillPipeline"
+    spec = infer_spec("some-fill-model", copy)
+    assert spec.kind is ModelKind.FILL
+    assert spec.default_guidance == 30.0  # FLUX.1 Fill [dev]'s defaults
+
+
+def test_fingerprints_match_for_identical_components_only(tiny_model_dir, tiny_fill_dir):
+    for shared in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+        assert component_fingerprint(tiny_model_dir / shared) == component_fingerprint(
+            tiny_fill_dir / shared
+        )
+    assert component_fingerprint(tiny_model_dir / "transformer") != component_fingerprint(
+        tiny_fill_dir / "transformer"
+    )
+    assert component_fingerprint(tiny_model_dir / "missing") is None
+
+
+def test_a_changed_weight_file_changes_the_fingerprint(tmp_path, tiny_model_dir):
+    copy = tmp_path / "vae"
+    shutil.copytree(tiny_model_dir / "vae", copy)
+    before = component_fingerprint(copy)
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert component_fingerprint(copy) != before
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_model_dir, tiny_kontext_dir, tiny_fill_dir) -> FluxRunner:
+    runner = FluxRunner([resolved(d) for d in (tiny_model_dir, tiny_kontext_dir, tiny_fill_dir)])
+    runner.load()
+    return runner
+
+
+def test_one_runner_loads_shared_components_once(runner, tiny_kontext_dir, tiny_fill_dir):
+    base, kontext, fill = (runner.pipelines[name] for name in runner.model_names)
+    for component in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+        assert getattr(kontext, component) is getattr(base, component)
+        assert getattr(fill, component) is getattr(base, component)
+    assert kontext.transformer is not base.transformer
+    assert fill.transformer.config.in_channels == 384
+    assert runner.shared[tiny_fill_dir.name] == sorted(
+        ["vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"]
+    )
+
+
+def test_image_to_image_reuses_the_text_to_image_modules(runner, tiny_model_dir):
+    request = GenerationRequest(
+        model=tiny_model_dir.name, prompt="x", width=64, height=64, steps=4, guidance=3.0,
+        seed=5, task=Task.IMAGE_TO_IMAGE, strength=0.5,
+    )  # fmt: skip
+    steps_seen = []
+    images = runner.generate(
+        request,
+        GenerationInputs(images=[Image.new("RGB", (64, 64), (200, 30, 30))]),
+        lambda done, total: steps_seen.append((done, total)),
+        lambda: False,
+    )
+    assert images[0].size == (64, 64)
+    img2img = runner._img2img[tiny_model_dir.name]
+    assert img2img.transformer is runner.pipelines[tiny_model_dir.name].transformer
+    # strength 0.5 of 4 steps runs the last 2, and progress counts those.
+    assert steps_seen == [(1, 2), (2, 2)]
