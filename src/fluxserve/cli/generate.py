@@ -7,9 +7,10 @@ import argparse
 from tqdm import tqdm
 
 from fluxserve.config import Settings
-from fluxserve.domain import MAX_SEED, GenerationRequest, OutputFormat, random_seed
+from fluxserve.domain import MAX_SEED, GenerationRequest, OutputFormat, Task, random_seed
 from fluxserve.errors import InvalidRequest
 from fluxserve.logs import configure_logging
+from fluxserve.specs import ModelKind
 
 SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
@@ -43,17 +44,22 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     # Check the model and the arguments before paying for importing torch.
     model = resolve_model(settings.model[0], settings.models_dir)
+    if Task.TEXT_TO_IMAGE not in model.spec.tasks and model.spec.kind is not ModelKind.KONTEXT:
+        raise InvalidRequest(
+            "model", f"{model.name} needs an input image; use the server's image endpoints"
+        )
     request = build_request(model.name, model.spec, args)
+    from fluxserve.runtime.base import GenerationInputs
     from fluxserve.runtime.diffusers_runner import FluxRunner
 
-    runner = FluxRunner(model, device=settings.device)
+    runner = FluxRunner([model], device=settings.device)
     runner.load()
     with tqdm(total=request.steps, desc="denoising", unit="step") as bar:
 
         def on_step(done: int, _total: int) -> None:
             bar.update(done - bar.n)
 
-        image = runner.generate(request, on_step, lambda: False)[0]
+        image = runner.generate(request, GenerationInputs(), on_step, lambda: False)[0]
     metadata = generation_metadata(request, settings.metadata_prompt)
     args.output.write_bytes(encode_image(image, request.output_format, metadata))
     print(f"wrote {args.output} (seed {request.seed})")

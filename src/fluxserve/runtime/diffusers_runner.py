@@ -156,6 +156,8 @@ class FluxRunner:
             "callback_on_step_end": step_end,
         }
         arguments.update(task_arguments(request, inputs, random_weights=spec.random_weights))
+        if spec.kind is ModelKind.KONTEXT:
+            arguments.update(kontext_area(request))
         with torch.inference_mode():
             output = pipeline(**arguments)
         if cancelled:
@@ -174,13 +176,7 @@ def task_arguments(
     if request.task is Task.EDIT and inputs.images:
         # Real Kontext weights work best with references at their trained resolutions;
         # the tiny models keep references small so tests stay fast.
-        return {
-            "image": reference_sheet(inputs.images),
-            "_auto_resize": not random_weights,
-            **kontext_area(request),
-        }
-    if request.task is Task.EDIT:
-        return kontext_area(request)
+        return {"image": reference_sheet(inputs.images), "_auto_resize": not random_weights}
     return {}
 
 
