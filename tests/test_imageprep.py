@@ -32,7 +32,8 @@ def test_other_aspect_ratios_are_refused_naming_the_field(text):
 def test_kontext_sizes_are_about_one_megapixel_on_the_grid(text):
     ratio = parse_aspect_ratio(text, "aspect_ratio")
     width, height = size_for_aspect(ratio, 1024 * 1024)
-    assert width % 16 == 0 and height % 16 == 0
+    assert width % 16 == 0
+    assert height % 16 == 0
     assert abs(width * height - 1024 * 1024) / (1024 * 1024) < 0.05
     assert width / height == pytest.approx(ratio, rel=0.05)
     assert size_for_aspect(1.0, 1024 * 1024) == (1024, 1024)
@@ -42,7 +43,8 @@ def test_fit_size_keeps_small_sizes_and_scales_large_ones_down():
     assert fit_size(100, 70, 1440 * 1440) == (96, 64)  # down to the grid
     width, height = fit_size(6000, 4000, 1440 * 1440)
     assert width * height <= 1440 * 1440
-    assert width % 16 == 0 and height % 16 == 0
+    assert width % 16 == 0
+    assert height % 16 == 0
     assert width / height == pytest.approx(1.5, rel=0.02)
 
 
@@ -86,7 +88,8 @@ def test_expand_grows_the_canvas_and_masks_only_the_border():
     canvas, mask = prepared.images[0], prepared.mask
     assert canvas.getpixel((40, 30)) == (200, 0, 0)  # the original, moved by (32, 16)
     assert mask.getpixel((40, 30)) == 0
-    assert mask.getpixel((5, 5)) == 255 and mask.getpixel((100, 8)) == 255
+    assert mask.getpixel((5, 5)) == 255
+    assert mask.getpixel((100, 8)) == 255
     with pytest.raises(InvalidRequest):
         imageprep.prepare_expand(FILL, image, 0, 0, 0, 0)
 
@@ -94,7 +97,8 @@ def test_expand_grows_the_canvas_and_masks_only_the_border():
 def test_expand_past_the_largest_size_is_scaled_down_on_the_grid():
     prepared = imageprep.prepare_expand(FILL, Image.new("RGB", (1024, 1024)), 0, 0, 2048, 2048)
     assert prepared.width * prepared.height <= FILL.max_area
-    assert prepared.width % 16 == 0 and prepared.height % 16 == 0
+    assert prepared.width % 16 == 0
+    assert prepared.height % 16 == 0
     assert prepared.mask.size == prepared.images[0].size == (prepared.width, prepared.height)
 
 
