@@ -1,6 +1,7 @@
 """Acceptance: unmodified real client libraries against a real `fluxserve serve` over HTTPS.
 
-One TLS server (the tiny model, a throwaway CA from trustme) serves the whole module. Each
+One TLS server (the tiny models: text-to-image, Kontext and Fill; a throwaway CA from
+trustme) serves the whole module. Each
 client library runs in its own subprocess, pointed at the server the way its users point it
 anywhere else (docs: ../shared/docs/api-compat.md §1.9, §2.8, §3, §4):
 
@@ -28,7 +29,10 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
+from fluxserve.jobs import imageprep
+from fluxserve.specs import MODEL_SPECS
 from tests.helpers import FLUXSERVE, free_port
 
 pytestmark = pytest.mark.process
@@ -54,7 +58,7 @@ PROXY_VARIABLES = (
 class TlsServer:
     """`fluxserve serve --tls-cert --tls-key` on 127.0.0.1, trusted through a test CA."""
 
-    def __init__(self, model: Path, data_dir: Path, tls_dir: Path) -> None:
+    def __init__(self, models: list[Path], data_dir: Path, tls_dir: Path) -> None:
         ca = trustme.CA()
         server_cert = ca.issue_cert("127.0.0.1", "localhost")
         self.ca_file = tls_dir / "ca.pem"
@@ -69,7 +73,9 @@ class TlsServer:
         self.base = f"https://127.0.0.1:{self.port}"
         self.log_path = tls_dir / "server.log"
         self.log = self.log_path.open("ab")
-        args = [FLUXSERVE, "serve", "--model", str(model), "--data-dir", str(data_dir)]
+        args = [FLUXSERVE, "serve", "--data-dir", str(data_dir)]
+        for model in models:
+            args += ["--model", str(model)]
         args += ["--port", str(self.port)]
         args += ["--tls-cert", str(self.cert_file), "--tls-key", str(self.key_file)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
@@ -120,11 +126,15 @@ class TlsServer:
 
 @pytest.fixture(scope="module")
 def tls_server(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_model_dir: Path,
+    tiny_kontext_dir: Path,
+    tiny_fill_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TlsServer]:
     root = tmp_path_factory.mktemp("real-clients")
     (root / "tls").mkdir()
-    server = TlsServer(tiny_model_dir, root / "data", root / "tls")
+    models = [tiny_model_dir, tiny_kontext_dir, tiny_fill_dir]
+    server = TlsServer(models, root / "data", root / "tls")
     try:
         server.wait_ready()
     except BaseException:
@@ -267,6 +277,62 @@ def test_openai_invalid_n_is_an_openai_shaped_error(openai_steps):
     assert {"message", "type", "param", "code"} <= set(body), body
     assert body["param"] == "n", body
     assert body["message"], body
+
+
+# The picture run_openai.py edits (96x64) and the size tiny-kontext makes from its shape.
+EDIT_SIZE = (96, 64)
+KONTEXT_SIZE = imageprep.edit_size(MODEL_SPECS["tiny-kontext"], None, [Image.new("RGB", EDIT_SIZE)])
+
+
+def test_openai_edit_one_image_is_a_kontext_edit(openai_steps):
+    result = step(openai_steps, "edit_one")
+    assert result["count"] == 1, result
+    assert result["has_url"] == [False]
+    assert result["revised_prompts"] == ["paint the sky purple"]
+    assert abs(result["created"] - time.time()) < 600
+    assert KONTEXT_SIZE[0] > KONTEXT_SIZE[1]  # the picture's landscape shape
+    assert_image(result["images"][0], KONTEXT_SIZE, "PNG")
+
+
+def test_openai_edit_a_list_of_two_images(openai_steps):
+    result = step(openai_steps, "edit_two")
+    assert result["count"] == 1, result
+    assert_image(result["images"][0], (256, 256), "PNG")
+
+
+def test_openai_edit_with_a_mask_fills_at_the_image_size(openai_steps):
+    result = step(openai_steps, "edit_mask")
+    assert result["count"] == 1, result
+    assert_image(result["images"][0], EDIT_SIZE, "PNG")
+
+
+def test_openai_edit_bytes_on_a_text_to_image_model_answers_a_link(openai_steps, tls_server):
+    result = step(openai_steps, "edit_bytes_url")
+    (url,) = result["urls"]
+    assert url.startswith(tls_server.base + "/"), url
+    (download,) = result["downloads"]
+    assert download["content_type"] == "image/png", download
+    assert_image(download, EDIT_SIZE, "PNG")  # image-to-image keeps the input's size
+
+
+def test_openai_edit_mask_of_another_size_is_a_bad_request(openai_steps):
+    result = step(openai_steps, "edit_error_mask_size")
+    assert result["raised"] == "BadRequestError", result
+    assert result["status_code"] == 400, result
+    body = result["body"]
+    assert isinstance(body, dict), result
+    assert {"message", "type", "param", "code"} <= set(body), body
+    assert body["param"] == "mask", body
+    assert "96x64" in body["message"], body
+
+
+def test_openai_edit_list_arrives_whole(openai_steps):
+    # Two listed images and a mask: refused, counting both images the SDK sent as image[].
+    result = step(openai_steps, "edit_error_two_images_and_mask")
+    assert result["raised"] == "BadRequestError", result
+    assert result["status_code"] == 400, result
+    assert result["body"]["param"] == "image", result
+    assert "got 2" in result["body"]["message"], result
 
 
 # --- fal.ai ---------------------------------------------------------------------------------

@@ -1,1 +1,2 @@
-"""The OpenAI Images API: ``POST /v1/images/generations`` and ``GET /v1/models``."""
+"""The OpenAI Images API: ``POST /v1/images/generations``, ``POST /v1/images/edits`` and
+``GET /v1/models``."""

@@ -1,7 +1,8 @@
 """OpenAI Images wire models, as openai-python sends them (api-compat.md §3).
 
-Unknown fields are accepted and ignored; FLUX's own knobs (seed, steps, guidance) ride along
-as extra body fields (the SDK's ``extra_body``).
+Unknown fields are accepted and ignored; FLUX's own knobs (seed, steps, guidance, and
+strength for edits) ride along as extra body fields (the SDK's ``extra_body``); for an edit
+they are form fields like the rest.
 """
 
 from __future__ import annotations
@@ -45,33 +46,102 @@ def _check_size(value: str) -> str:
     return value
 
 
-class ImagesGenerateRequest(BaseModel):
+class _ImagesOptions(BaseModel):
+    """The fields generations and edits share."""
+
     model_config = ConfigDict(extra="allow")
 
     prompt: Annotated[str, ValidText] = Field(
         min_length=1, max_length=32000, description="What to draw."
     )
-    model: str | None = Field(None, description="A loaded model; default: the first loaded.")
     n: Annotated[int, Field(ge=1, le=10), NotBool] = Field(1, description="Images, one batch.")
-    size: Annotated[str, AfterValidator(_check_size)] = Field(
-        "auto", description="WIDTHxHEIGHT (multiples of 16, 256-2048) or auto (1024x1024)."
-    )
     response_format: Literal["url", "b64_json"] = "url"
     output_format: Literal["png", "jpeg", "webp"] = "png"
-    quality: Literal["standard", "hd", "low", "medium", "high", "auto"] | None = None
-    style: Literal["vivid", "natural"] | None = None
     background: Literal["opaque", "auto"] | None = Field(
         None, description="'transparent' is not supported: FLUX draws opaque images."
     )
-    moderation: Literal["low", "auto"] | None = None
     output_compression: Annotated[int, Field(ge=0, le=100), NotBool] | None = None
     user: str | None = None
-    stream: Literal[False] | None = Field(None, description="Streaming is not supported.")
     partial_images: Annotated[int, Field(ge=0, le=0), NotBool] | None = None
     # FLUX extras
     seed: Annotated[int, Field(ge=0, le=MAX_SEED), NotBool] | None = None
     steps: Annotated[int, Field(ge=1, le=50), NotBool] | None = None
     guidance: Annotated[float, Field(ge=1.5, le=5.0), NotBool] | None = None
+
+
+class ImagesGenerateRequest(_ImagesOptions):
+    model: str | None = Field(None, description="A loaded model; default: the first loaded.")
+    size: Annotated[str, AfterValidator(_check_size)] = Field(
+        "auto", description="WIDTHxHEIGHT (multiples of 16, 256-2048) or auto (1024x1024)."
+    )
+    quality: Literal["standard", "hd", "low", "medium", "high", "auto"] | None = None
+    style: Literal["vivid", "natural"] | None = None
+    moderation: Literal["low", "auto"] | None = None
+    stream: Literal[False] | None = Field(None, description="Streaming is not supported.")
+
+
+def _no_streaming(value: bool | None) -> bool | None:
+    if value:
+        raise PydanticCustomError("streaming", "Streaming is not supported; send false or omit it")
+    return value
+
+
+# Up to this many input images per edit (Kontext references; Fill and image-to-image take one).
+MAX_EDIT_IMAGES = 10
+
+
+class ImagesEditRequest(_ImagesOptions):
+    """The text parts of a ``multipart/form-data`` edit; the files (``image`` or repeated
+    ``image[]``, and ``mask``) are read apart. Form values are text: numbers are parsed."""
+
+    model: str | None = Field(
+        None,
+        description="A loaded model: a Kontext model edits (all images are references), a "
+        "text-to-image model runs image-to-image on the one image, a Fill model repaints "
+        "the mask's area. Default: with a mask the first Fill model, else the first Kontext "
+        "model.",
+    )
+    size: Annotated[str, AfterValidator(_check_size)] = Field(
+        "auto",
+        description="WIDTHxHEIGHT (multiples of 16, 256-2048), or auto: from the input image.",
+    )
+    quality: Literal["standard", "hd", "low", "medium", "high", "xhigh", "max", "auto"] | None = (
+        None
+    )
+    input_fidelity: Literal["high", "low"] | None = Field(None, description="Accepted; not used.")
+    stream: Annotated[bool | None, AfterValidator(_no_streaming)] = Field(
+        None, description="Streaming is not supported."
+    )
+    strength: Annotated[float, Field(gt=0, le=1), NotBool] | None = Field(
+        None,
+        description="fluxserve extension, image-to-image only: how far the image is noised "
+        "before denoising (1: only its colours survive); default 0.95.",
+    )
+
+
+def edit_form_schema() -> dict:
+    """The OpenAPI schema of the edit form: the text fields and the file parts."""
+    schema = ImagesEditRequest.model_json_schema()
+    binary = {"type": "string", "format": "binary"}
+    files = {
+        "image": {**binary, "description": "The image to edit (PNG, JPEG or WebP)."},
+        "image[]": {
+            "type": "array",
+            "items": binary,
+            "maxItems": MAX_EDIT_IMAGES,
+            "description": "Several images (Kontext references), instead of image.",
+        },
+        "mask": {
+            **binary,
+            "description": "Its transparent pixels mark where to edit (without an alpha "
+            "channel: white edits, black keeps); the size of the image.",
+        },
+    }
+    return {
+        "type": "object",
+        "properties": {**files, **schema["properties"]},
+        "required": ["prompt"],
+    }
 
 
 class ImageData(BaseModel):
