@@ -465,6 +465,21 @@ def test_fal_cancel_queued_and_running_jobs(fal_steps):
         assert 400 <= job["result"]["status_code"] < 500, job["result"]
 
 
+def test_fal_kontext_dev_with_a_data_uri_image(fal_steps):
+    """An image_url sent as a data: URI is edited by the Kontext model, sync and queued."""
+    result = step(fal_steps, "kontext_dev_data_uri")
+    assert KONTEXT_SIZE[0] > KONTEXT_SIZE[1]  # match_input: the picture's landscape shape
+    assert_fal_output(result, 1, KONTEXT_SIZE, "PNG")
+    assert result["seed"] == 12
+    assert result["prompt"] == "paint the sky purple"
+    queued = result["queued"]
+    assert len(result["enqueued"]) == 1, result["enqueued"]
+    assert_fal_output(queued, 1, KONTEXT_SIZE, "PNG")
+    assert queued["seed"] == 12
+    sync_image, queued_image = result["fetched"][0], queued["fetched"][0]
+    assert sync_image["sha256"] == queued_image["sha256"], "same seed and image, new bytes"
+
+
 # --- Black Forest Labs ----------------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@ SSL_CERT_FILE (fal_client's scheme is always https). Prints one JSON line:
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import time
 from typing import Any
@@ -15,10 +17,29 @@ from typing import Any
 import fal_client
 import httpx
 from _common import Steps, ca_context, data_uri, describe_error, download, image_info
+from PIL import Image
 
 PROMPT = "a red fox in fresh snow"
 SMALL = {"width": 256, "height": 256}
 LONG = {"image_size": {"width": 1024, "height": 1024}, "num_inference_steps": 50}
+EDIT_PROMPT = "paint the sky purple"
+EDIT_SIZE = (96, 64)  # the picture Kontext edits, sent as a data: URI
+
+
+def picture_data_uri() -> str:
+    """A 96x64 gradient PNG as a data: URI (fal's clients send image_url as a URL or this)."""
+    width, height = EDIT_SIZE
+    picture = Image.new("RGB", EDIT_SIZE)
+    picture.putdata(
+        [
+            ((x * 255) // width, (y * 255) // height, 128)
+            for y in range(height)
+            for x in range(width)
+        ]
+    )
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def output_summary(output: dict[str, Any], fetch: bool = True) -> dict[str, Any]:
@@ -207,6 +228,25 @@ def queue_and_cancel() -> dict[str, Any]:
     }
 
 
+def kontext_dev_data_uri() -> dict[str, Any]:
+    """fal-ai/flux-kontext/dev with a data: URI image_url: fal.run, then the queue
+    (subscribe builds the status URL under the fal-ai/flux-kontext app id)."""
+    endpoint = "fal-ai/flux-kontext/dev"
+    arguments = {
+        "prompt": EDIT_PROMPT,
+        "image_url": picture_data_uri(),
+        "num_inference_steps": 2,
+        "seed": 12,
+        "output_format": "png",
+    }
+    output = output_summary(fal_client.run(endpoint, arguments, timeout=30))
+    enqueued: list[str] = []
+    queued = fal_client.subscribe(
+        endpoint, arguments=arguments, on_enqueue=enqueued.append, client_timeout=30
+    )
+    return {**output, "enqueued": enqueued, "queued": output_summary(queued)}
+
+
 def validation_error() -> dict[str, Any]:
     arguments = {"prompt": PROMPT, "image_size": SMALL, "num_inference_steps": 51}
     try:
@@ -224,6 +264,7 @@ def main() -> None:
     steps.run("subscribe", subscribe)
     steps.run("submit_status_result", submit_status_result)
     steps.run("validation_error", validation_error)
+    steps.run("kontext_dev_data_uri", kontext_dev_data_uri)
     steps.run("queue_and_cancel", queue_and_cancel, timeout=45)
     steps.emit()
 

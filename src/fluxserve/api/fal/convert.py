@@ -6,15 +6,23 @@ import datetime as dt
 import time
 
 from fluxserve.api.fal.protocol import (
+    FluxImageToImageInput,
     FluxInput,
+    FluxProFillInput,
     Image,
+    KontextDevInput,
     Output,
     QueueStatus,
     QueueSubmitted,
+    _Base,
     _Input,
+    _KontextProInput,
 )
-from fluxserve.domain import GenerationRequest, Job, JobStatus, OutputFormat, random_seed
+from fluxserve.domain import GenerationRequest, Job, JobStatus, OutputFormat, Task, random_seed
 from fluxserve.errors import InvalidRequest
+from fluxserve.imageinput import ImageReader
+from fluxserve.jobs import imageprep
+from fluxserve.jobs.imageprep import Prepared
 from fluxserve.specs import ModelSpec
 
 
@@ -23,25 +31,135 @@ def to_generation_request(endpoint: str, inputs: _Input, spec: ModelSpec) -> Gen
     width, height = inputs.size()
     steps = inputs.num_inference_steps if isinstance(inputs, FluxInput) else None
     guidance = inputs.guidance_scale if isinstance(inputs, FluxInput) else None
-    try:
-        effective_steps = spec.effective_steps(steps)
-    except InvalidRequest as exc:  # report it under fal's own field name
-        raise InvalidRequest("num_inference_steps", exc.message, steps) from None
     return GenerationRequest(
-        model=spec.name,
-        prompt=inputs.prompt,
         width=width,
         height=height,
-        steps=effective_steps,
+        steps=_steps(spec, steps),
         guidance=spec.effective_guidance(guidance),
-        seed=inputs.seed if inputs.seed is not None else random_seed(),
-        output_format=OutputFormat(inputs.output_format),
         safety_tolerance=int(inputs.safety_tolerance),
-        endpoint=endpoint,
-        num_images=inputs.num_images,
         acceleration=inputs.acceleration if isinstance(inputs, FluxInput) else "none",
-        inline_images=inputs.sync_mode,
+        **_common(endpoint, inputs, spec),
     )
+
+
+def _steps(spec: ModelSpec, steps: int | None) -> int:
+    """``spec.effective_steps``, its error reported under fal's own field name."""
+    try:
+        return spec.effective_steps(steps)
+    except InvalidRequest as exc:
+        raise InvalidRequest("num_inference_steps", exc.message, steps) from None
+
+
+def _common(endpoint: str, inputs: _Base, spec: ModelSpec) -> dict:
+    return {
+        "model": spec.name,
+        "prompt": inputs.prompt,
+        "seed": inputs.seed if inputs.seed is not None else random_seed(),
+        "output_format": OutputFormat(inputs.output_format),
+        "endpoint": endpoint,
+        "num_images": inputs.num_images,
+        "inline_images": inputs.sync_mode,
+    }
+
+
+def kontext_dev_request(
+    endpoint: str, inputs: KontextDevInput, spec: ModelSpec, reader: ImageReader
+) -> tuple[GenerationRequest, Prepared]:
+    """Kontext [dev]: edit ``image_url``; ``resolution_mode`` picks the output's shape."""
+    image = reader.open(inputs.image_url, "image_url")
+    width, height = imageprep.edit_size(spec, inputs.aspect_ratio(), [image], "resolution_mode")
+    prepared = imageprep.prepare_edit(spec, [image], width, height)
+    request = GenerationRequest(
+        width=width,
+        height=height,
+        steps=_steps(spec, inputs.num_inference_steps),
+        guidance=spec.effective_guidance(inputs.guidance_scale),
+        acceleration=inputs.acceleration,
+        task=Task.EDIT,
+        **_common(endpoint, inputs, spec),
+    )
+    return request, prepared
+
+
+def kontext_pro_request(
+    endpoint: str, inputs: _KontextProInput, spec: ModelSpec, reader: ImageReader
+) -> tuple[GenerationRequest, Prepared]:
+    """Kontext [pro]/[max], served by the loaded Kontext model: one image, several
+    (``multi``) or none (``text-to-image``)."""
+    references = [reader.open(value, name) for name, value in inputs.references()]
+    width, height = imageprep.edit_size(spec, inputs.aspect_ratio, references)
+    prepared = imageprep.prepare_edit(spec, references, width, height)
+    request = GenerationRequest(
+        width=width,
+        height=height,
+        steps=spec.effective_steps(None),
+        guidance=spec.effective_guidance(inputs.guidance_scale),
+        safety_tolerance=int(inputs.safety_tolerance),
+        prompt_upsampling=inputs.enhance_prompt,
+        task=Task.EDIT,
+        **_common(endpoint, inputs, spec),
+    )
+    return request, prepared
+
+
+def image_to_image_request(
+    endpoint: str, inputs: FluxImageToImageInput, spec: ModelSpec, reader: ImageReader
+) -> tuple[GenerationRequest, Prepared]:
+    """Image-to-image: the output takes the start image's shape (on the grid, within the
+    model's largest size); ``strength`` says how far it is noised."""
+    steps = _steps(spec, inputs.num_inference_steps)
+    imageprep.check_strength(inputs.strength, steps)
+    image = reader.open(inputs.image_url, "image_url")
+    width, height = imageprep.input_size(spec, image)
+    prepared = imageprep.prepare_image_to_image(image, width, height)
+    request = GenerationRequest(
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=spec.effective_guidance(inputs.guidance_scale),
+        acceleration=inputs.acceleration,
+        task=Task.IMAGE_TO_IMAGE,
+        strength=inputs.strength,
+        **_common(endpoint, inputs, spec),
+    )
+    return request, prepared
+
+
+def fill_request(
+    endpoint: str, inputs: FluxProFillInput, spec: ModelSpec, reader: ImageReader
+) -> tuple[GenerationRequest, Prepared]:
+    """Fill: repaint the white of ``mask_url``, or else the image's transparent pixels."""
+    image = reader.open(inputs.image_url, "image_url")
+    mask = reader.open(inputs.mask_url, "mask_url") if inputs.mask_url else None
+    prepared = imageprep.prepare_fill(spec, image, mask, "image_url", "mask_url")
+    request = GenerationRequest(
+        width=prepared.width,
+        height=prepared.height,
+        steps=_steps(spec, inputs.num_inference_steps),
+        guidance=spec.effective_guidance(inputs.guidance_scale),
+        safety_tolerance=int(inputs.safety_tolerance),
+        prompt_upsampling=inputs.enhance_prompt,
+        task=Task.FILL,
+        **_common(endpoint, inputs, spec),
+    )
+    return request, prepared
+
+
+def build_request(
+    endpoint: str, inputs: _Base, spec: ModelSpec, reader: ImageReader
+) -> tuple[GenerationRequest, Prepared | None]:
+    """The domain request for any fal input, with its prepared input images (None for
+    text-to-image). Reads images (network, decoding): call it from a worker thread."""
+    if isinstance(inputs, KontextDevInput):
+        return kontext_dev_request(endpoint, inputs, spec, reader)
+    if isinstance(inputs, _KontextProInput):
+        return kontext_pro_request(endpoint, inputs, spec, reader)
+    if isinstance(inputs, FluxImageToImageInput):
+        return image_to_image_request(endpoint, inputs, spec, reader)
+    if isinstance(inputs, FluxProFillInput):
+        return fill_request(endpoint, inputs, spec, reader)
+    assert isinstance(inputs, _Input), type(inputs)
+    return to_generation_request(endpoint, inputs, spec), None
 
 
 def to_output(job: Job, image_urls: list[str]) -> Output:

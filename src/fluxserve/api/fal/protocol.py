@@ -12,6 +12,7 @@ from pydantic_core import PydanticCustomError
 
 from fluxserve.api.validators import NotBool, ValidText, multiple_of
 from fluxserve.domain import MAX_SEED
+from fluxserve.jobs.imageprep import DEFAULT_STRENGTH
 
 SIZE_STEP = 16  # 8x VAE, then 2x2 patches
 IMAGE_SIZE_PRESETS: dict[str, tuple[int, int]] = {
@@ -51,27 +52,38 @@ def _preset_to_size(value: Any) -> Any:
     return value
 
 
-class _Input(BaseModel):
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED), NotBool]
+Steps = Annotated[int, Field(ge=1, le=50), NotBool]
+Guidance = Annotated[float, Field(ge=1, le=20), NotBool]
+SafetyTolerance = Literal["1", "2", "3", "4", "5", "6"]
+Acceleration = Literal["none", "regular", "high"]
+ImageUrl = Annotated[
+    str, Field(min_length=1, description="An http(s) URL, a data: URI or base64 (JPEG, PNG, WebP).")
+]
+
+
+class _Base(BaseModel):
+    """What every fal input here takes, with or without input images."""
+
     model_config = ConfigDict(extra="allow")
 
     prompt: Annotated[str, ValidText] = Field(description="What to draw.")
-    image_size: Annotated[ImageSize, BeforeValidator(_preset_to_size)] = Field(
-        default_factory=lambda: ImageSize(width=1024, height=768),
-        description="A preset (square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, "
-        "landscape_16_9) or {width, height}; default landscape_4_3.",
-    )
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED), NotBool] | None = Field(
-        None, description="0..2^64-1; random when absent."
-    )
+    seed: Seed | None = Field(None, description="0..2^64-1; random when absent.")
     sync_mode: bool = Field(False, description="Return images as data: URIs and keep none.")
     num_images: Annotated[int, Field(ge=1, le=4), NotBool] = Field(
         1, description="Images to make, as one batch."
     )
     output_format: Literal["jpeg", "png"] = "jpeg"
-    enable_safety_checker: bool = Field(True, description="Accepted; safety checks come later.")
-    safety_tolerance: Literal["1", "2", "3", "4", "5", "6"] = Field(
-        "2", description="1 (strictest) to 6, as a string."
+
+
+class _Input(_Base):
+    image_size: Annotated[ImageSize, BeforeValidator(_preset_to_size)] = Field(
+        default_factory=lambda: ImageSize(width=1024, height=768),
+        description="A preset (square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, "
+        "landscape_16_9) or {width, height}; default landscape_4_3.",
     )
+    enable_safety_checker: bool = Field(True, description="Accepted; safety checks come later.")
+    safety_tolerance: SafetyTolerance = Field("2", description="1 (strictest) to 6, as a string.")
 
     def size(self) -> tuple[int, int]:
         return self.image_size.width, self.image_size.height
@@ -80,19 +92,126 @@ class _Input(BaseModel):
 class FluxInput(_Input):
     """``fal-ai/flux/dev`` and ``fal-ai/flux/schnell`` (and their ``flux-1`` twins)."""
 
-    num_inference_steps: Annotated[int, Field(ge=1, le=50), NotBool] | None = Field(
+    num_inference_steps: Steps | None = Field(
         None, description="Default 28 on dev, 4 on schnell (at most 12)."
     )
-    guidance_scale: Annotated[float, Field(ge=1, le=20), NotBool] = Field(
-        3.5, description="Guidance strength; schnell does not use it."
-    )
-    acceleration: Literal["none", "regular", "high"] = "none"
+    guidance_scale: Guidance = Field(3.5, description="Guidance strength; schnell does not use it.")
+    acceleration: Acceleration = "none"
 
 
 class FluxProV11Input(_Input):
     """``fal-ai/flux-pro/v1.1``: no steps or guidance; the serving model's defaults apply."""
 
     enhance_prompt: bool = False
+
+
+# -- image inputs ---------------------------------------------------------------------------
+
+KontextAspectRatio = Literal["21:9", "16:9", "4:3", "3:2", "1:1", "2:3", "3:4", "9:16", "9:21"]
+ResolutionMode = Literal[
+    "auto", "match_input", "1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3",
+    "9:16", "9:21",
+]  # fmt: skip
+
+
+class KontextDevInput(_Base):
+    """``fal-ai/flux-kontext/dev``: edit one image as the prompt says (open-weights Kontext)."""
+
+    image_url: ImageUrl = Field(description="The image to edit.")
+    num_inference_steps: Steps | None = Field(
+        None, description="1-50; default: the model's (28 on flux-kontext-dev)."
+    )
+    guidance_scale: Guidance = Field(2.5, description="Guidance strength; 1-20.")
+    resolution_mode: ResolutionMode = Field(
+        "match_input",
+        description="The output's shape: an aspect ratio, or match_input (the input image's). "
+        "auto is the same as match_input on this server.",
+    )
+    acceleration: Acceleration = "none"
+    enable_safety_checker: bool = Field(True, description="Accepted; safety checks come later.")
+    output_format: Literal["jpeg", "png"] = "png"
+
+    def aspect_ratio(self) -> str | None:
+        """The ratio asked for; None to follow the input image."""
+        return None if self.resolution_mode in ("auto", "match_input") else self.resolution_mode
+
+
+class _KontextProInput(_Base):
+    """The fields of ``fal-ai/flux-pro/kontext*`` other than the images."""
+
+    aspect_ratio: KontextAspectRatio | None = Field(
+        None, description="The output's shape; default: the (first) input image's."
+    )
+    guidance_scale: Guidance = Field(3.5, description="Guidance strength; 1-20.")
+    safety_tolerance: SafetyTolerance = Field("2", description="1 (strictest) to 6, as a string.")
+    enhance_prompt: bool = Field(False, description="Rewrite the prompt before generating.")
+
+    def references(self) -> list[tuple[str, str]]:
+        """(field name, value) of each input image, in order."""
+        return []
+
+
+class KontextProInput(_KontextProInput):
+    """``fal-ai/flux-pro/kontext`` and ``.../kontext/max``: edit one image."""
+
+    image_url: ImageUrl = Field(description="The image to edit.")
+
+    def references(self) -> list[tuple[str, str]]:
+        return [("image_url", self.image_url)]
+
+
+class KontextProMultiInput(_KontextProInput):
+    """``fal-ai/flux-pro/kontext/multi`` and ``.../kontext/max/multi``: up to four images."""
+
+    image_urls: list[ImageUrl] = Field(
+        min_length=1, max_length=4, description="1-4 reference images."
+    )
+
+    def references(self) -> list[tuple[str, str]]:
+        return [(f"image_urls.{n}", value) for n, value in enumerate(self.image_urls)]
+
+
+class KontextProTextInput(_KontextProInput):
+    """``fal-ai/flux-pro/kontext/text-to-image`` and ``.../kontext/max/text-to-image``."""
+
+    aspect_ratio: KontextAspectRatio = Field("1:1", description="The output's shape.")
+
+
+class FluxImageToImageInput(_Base):
+    """``fal-ai/flux/dev/image-to-image``: redraw a start image; the output has its shape."""
+
+    image_url: ImageUrl = Field(description="The start image.")
+    strength: Annotated[float, Field(gt=0, le=1), NotBool] = Field(
+        DEFAULT_STRENGTH,
+        description="How far the start image is noised before denoising (1: only its colours "
+        "survive).",
+    )
+    num_inference_steps: Steps | None = Field(
+        None, description="1-50; default: the model's (28 on flux-dev)."
+    )
+    guidance_scale: Guidance = Field(3.5, description="Guidance strength; 1-20.")
+    acceleration: Acceleration = "none"
+    enable_safety_checker: bool = Field(True, description="Accepted; safety checks come later.")
+
+
+class FluxProFillInput(_Base):
+    """``fal-ai/flux-pro/v1/fill``: repaint where the mask is white."""
+
+    image_url: ImageUrl = Field(
+        description="The image; its transparent pixels are repainted when no mask_url is given."
+    )
+    mask_url: ImageUrl | None = Field(
+        None, description="Same size as image_url: white repaints, black keeps."
+    )
+    safety_tolerance: SafetyTolerance = Field("2", description="1 (strictest) to 6, as a string.")
+    enhance_prompt: bool = Field(False, description="Rewrite the prompt before generating.")
+    num_inference_steps: Steps | None = Field(
+        None, description="fluxserve extension: 1-50; default: the model's (50)."
+    )
+    guidance_scale: Annotated[float, Field(ge=1, le=100), NotBool] | None = Field(
+        None,
+        description="fluxserve extension: 1-100; default: the model's (30 on flux-fill-dev).",
+    )
 
 
 class Image(BaseModel):

@@ -1,6 +1,7 @@
 """fal routes: synchronous ``POST /<endpoint>``, and the queue under ``/queue``.
 
-Endpoint ids are ``owner/alias/subpath``; status, result and cancel live under
+Endpoint ids are ``owner/alias/subpath`` (the subpath may hold slashes, as in
+``kontext/max/multi``); status, result and cancel live under
 ``/queue/<owner>/<alias>/requests/<id>`` (also served with the subpath, as some clients
 build them so).
 """
@@ -14,7 +15,19 @@ from starlette.concurrency import run_in_threadpool
 
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
 from fluxserve.api.fal import convert
-from fluxserve.api.fal.protocol import FluxInput, FluxProV11Input, Output, QueueSubmitted
+from fluxserve.api.fal.protocol import (
+    FluxImageToImageInput,
+    FluxInput,
+    FluxProFillInput,
+    FluxProV11Input,
+    KontextDevInput,
+    KontextProInput,
+    KontextProMultiInput,
+    KontextProTextInput,
+    Output,
+    QueueSubmitted,
+    _Base,
+)
 from fluxserve.bootstrap import Services
 from fluxserve.domain import Job, JobStatus
 
@@ -22,9 +35,32 @@ router = APIRouter(tags=["fal"])
 
 # app id (owner/alias) -> subpaths; each app/subpath is one endpoint id.
 FAL_APPS: dict[str, list[str]] = {
-    "fal-ai/flux": ["schnell", "dev"],
+    "fal-ai/flux": ["schnell", "dev", "dev/image-to-image"],
     "fal-ai/flux-1": ["schnell", "dev"],
-    "fal-ai/flux-pro": ["v1.1"],
+    "fal-ai/flux-kontext": ["dev"],
+    "fal-ai/flux-pro": [
+        "v1.1",
+        "kontext",
+        "kontext/max",
+        "kontext/multi",
+        "kontext/max/multi",
+        "kontext/text-to-image",
+        "kontext/max/text-to-image",
+        "v1/fill",
+    ],
+}
+# Endpoint id -> its input model; endpoints not named here take FluxInput.
+INPUT_MODELS: dict[str, type[_Base]] = {
+    "fal-ai/flux-pro/v1.1": FluxProV11Input,
+    "fal-ai/flux/dev/image-to-image": FluxImageToImageInput,
+    "fal-ai/flux-kontext/dev": KontextDevInput,
+    "fal-ai/flux-pro/kontext": KontextProInput,
+    "fal-ai/flux-pro/kontext/max": KontextProInput,
+    "fal-ai/flux-pro/kontext/multi": KontextProMultiInput,
+    "fal-ai/flux-pro/kontext/max/multi": KontextProMultiInput,
+    "fal-ai/flux-pro/kontext/text-to-image": KontextProTextInput,
+    "fal-ai/flux-pro/kontext/max/text-to-image": KontextProTextInput,
+    "fal-ai/flux-pro/v1/fill": FluxProFillInput,
 }
 SYNC_TIMEOUT = 600.0  # seconds a synchronous call waits for its job
 FAILED_STATUS = {JobStatus.CANCELLED: 400, JobStatus.FAILED: 500}
@@ -35,8 +71,16 @@ def fal_error(status: int, detail: str, error_type: str) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers={"X-Fal-Error-Type": error_type})
 
 
-def input_model(endpoint: str) -> type:
-    return FluxProV11Input if endpoint.startswith("fal-ai/flux-pro/") else FluxInput
+def input_model(endpoint: str) -> type[_Base]:
+    return INPUT_MODELS.get(endpoint, FluxInput)
+
+
+def submit_job(endpoint: str, inputs: _Base, services: Services) -> Job:
+    """Route, read the input images, build the request and queue it. Blocks (image
+    fetches, decoding, storage): async routes call it in the thread pool."""
+    spec = services.router.route(endpoint)
+    request, prepared = convert.build_request(endpoint, inputs, spec, services.images)
+    return services.jobs.submit(request, *(prepared.parts() if prepared else ()))
 
 
 def output_for(services: Services, job: Job, base: str) -> Output | JSONResponse:
@@ -63,10 +107,7 @@ def make_sync(endpoint: str) -> Callable[..., Any]:
     async def run_sync(
         inputs: inputs_type, services: ServicesDep, base: BaseUrlDep, http_request: Request
     ):
-        spec = services.router.route(endpoint)
-        job = await services.jobs.submit_async(
-            convert.to_generation_request(endpoint, inputs, spec)
-        )
+        job = await run_in_threadpool(submit_job, endpoint, inputs, services)
         try:
             job = await services.jobs.wait(job.id, SYNC_TIMEOUT, http_request.is_disconnected)
         except TimeoutError:
@@ -81,10 +122,7 @@ def make_submit(endpoint: str, app_id: str) -> Callable[..., Any]:
     inputs_type = input_model(endpoint)
 
     async def submit(inputs: inputs_type, services: ServicesDep, base: BaseUrlDep):
-        spec = services.router.route(endpoint)
-        job = await services.jobs.submit_async(
-            convert.to_generation_request(endpoint, inputs, spec)
-        )
+        job = await run_in_threadpool(submit_job, endpoint, inputs, services)
         position = services.jobs.queue_position(job) or 0
         return convert.to_submitted(job, convert.QueueUrls(base, app_id, job.id), position)
 
