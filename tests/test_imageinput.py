@@ -7,6 +7,7 @@ import io
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -154,3 +155,40 @@ def test_fetch_refusals(image_server):
         fetch_url(f"{base}/missing.png", "image_url", LIMITS, LOCAL)
     with pytest.raises(InvalidRequest, match="larger than 100 bytes"):
         fetch_url(f"{base}/a.png", "image_url", ImageLimits(max_bytes=100), LOCAL)
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(image_server, monkeypatch):
+    """DNS rebinding: the name is resolved once, and that checked address is the one
+    connected to (with the original Host header); a second lookup never happens."""
+    base, png = image_server
+    port = base.rsplit(":", 1)[1]
+    lookups = []
+
+    def resolve_once(host: str) -> list[str]:
+        lookups.append(host)
+        # A first answer that passes the policy; a rebinding resolver would answer
+        # differently the next time, which must not matter.
+        return ["127.0.0.1"] if len(lookups) == 1 else ["10.0.0.1"]
+
+    monkeypatch.setattr("fluxserve.imageinput._resolve", resolve_once)
+    seen_hosts = []
+    real_send = httpx.Client.send
+
+    def send(self, request, **kwargs):
+        seen_hosts.append((request.url.host, request.headers["host"]))
+        return real_send(self, request, **kwargs)
+
+    monkeypatch.setattr(httpx.Client, "send", send)
+    # "rebind.invalid" cannot resolve for real: only the checked address can be used.
+    assert fetch_url(f"http://rebind.invalid:{port}/a.png", "image_url", LIMITS, LOCAL) == png
+    assert lookups == ["rebind.invalid"]
+    assert seen_hosts == [("127.0.0.1", f"rebind.invalid:{port}")]
+
+
+def test_exif_rotation_is_applied():
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    Image.new("RGB", (120, 80), (200, 10, 10)).save(buffer, format="JPEG", exif=exif)
+    image = decode_image(buffer.getvalue(), "image", LIMITS)
+    assert image.size == (80, 120)

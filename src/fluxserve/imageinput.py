@@ -22,10 +22,10 @@ import ipaddress
 import socket
 import warnings
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fluxserve.errors import InvalidRequest
 
@@ -73,8 +73,9 @@ def _resolve(host: str) -> list[str]:
     return sorted({info[4][0] for info in infos})
 
 
-def check_url(url: str, field_name: str, policy: UrlPolicy) -> None:
-    """Refuse a URL that is not http(s) or whose host resolves to a refused address."""
+def check_url(url: str, field_name: str, policy: UrlPolicy) -> str:
+    """The address to fetch ``url`` from; InvalidRequest when the URL is not http(s) or
+    its host resolves to any refused address."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest(
@@ -89,15 +90,35 @@ def check_url(url: str, field_name: str, policy: UrlPolicy) -> None:
         reason = policy.refusal(address)
         if reason is not None:
             raise InvalidRequest(field_name, f"{field_name} is refused: {reason}")
+    return addresses[0]
+
+
+def _pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """``url`` aimed at the checked ``address``, with the Host header and TLS server name
+    of the original host: the connection goes where the check looked, so a DNS answer that
+    changes between check and connect (DNS rebinding) cannot redirect it."""
+    parts = urlsplit(url)
+    hostname = parts.hostname or ""
+    host = f"[{address}]" if ":" in address else address
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    host_header = f"{hostname}:{parts.port}" if parts.port else hostname
+    pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    return pinned, {"Host": host_header}, {"sni_hostname": hostname}
 
 
 def fetch_url(url: str, field_name: str, limits: ImageLimits, policy: UrlPolicy) -> bytes:
     """The bytes at ``url``, checking every redirect hop against ``policy``."""
-    with httpx.Client(timeout=limits.fetch_timeout, follow_redirects=False) as client:
+    # trust_env off: an operator's HTTP(S)_PROXY must not carry these fetches elsewhere.
+    with httpx.Client(
+        timeout=limits.fetch_timeout, follow_redirects=False, trust_env=False
+    ) as client:
         for _ in range(MAX_REDIRECTS + 1):
-            check_url(url, field_name, policy)
+            address = check_url(url, field_name, policy)
+            pinned, headers, extensions = _pinned(url, address)
             try:
-                with client.stream("GET", url) as response:
+                with client.stream(
+                    "GET", pinned, headers=headers, extensions=extensions
+                ) as response:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue
@@ -155,7 +176,7 @@ def decode_image(data: bytes, field_name: str, limits: ImageLimits) -> Image.Ima
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise InvalidRequest(field_name, too_many) from None
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise InvalidRequest(field_name, f"{field_name} is not an image file") from None
     if image.format not in ALLOWED_FORMATS:
         raise InvalidRequest(
@@ -175,9 +196,13 @@ def decode_image(data: bytes, field_name: str, limits: ImageLimits) -> Image.Ima
         )
     try:
         image.load()
-    except (OSError, Image.DecompressionBombError, ValueError):
+    except (OSError, SyntaxError, Image.DecompressionBombError, ValueError):
         raise InvalidRequest(field_name, f"{field_name} is truncated or corrupt") from None
-    return image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    alpha = "A" in image.getbands() or "transparency" in image.info  # tRNS: palette PNGs
+    # Phones store portrait photos sideways with an EXIF rotation tag: apply it, so the
+    # edit sees the picture the way its owner does.
+    image = ImageOps.exif_transpose(image)
+    return image.convert("RGBA" if alpha else "RGB")
 
 
 @dataclass(frozen=True)

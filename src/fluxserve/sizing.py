@@ -19,7 +19,7 @@ def parse_aspect_ratio(text: str, field_name: str) -> float:
     width, sep, height = text.partition(":")
     try:
         ratio = int(width) / int(height) if sep else None
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, OverflowError):  # "1000...0:1" overflows a float
         ratio = None
     if ratio is None or int(width) <= 0:
         raise InvalidRequest(field_name, f'{field_name} must look like "16:9", got {text!r}', text)
