@@ -18,7 +18,7 @@ from fluxserve.weights import resolve_model
 
 @pytest.fixture(scope="module")
 def runner(tiny_model_dir):
-    runner = FluxRunner(resolve_model(str(tiny_model_dir), tiny_model_dir.parent))
+    runner = FluxRunner([resolve_model(str(tiny_model_dir), tiny_model_dir.parent)])
     runner.load()
     return runner
 
@@ -28,13 +28,14 @@ class FailingForPrompt:
 
     def __init__(self, runner, bad_prompt: str) -> None:
         self.runner, self.bad_prompt, self.name = runner, bad_prompt, runner.name
+        self.model_names = runner.model_names
 
     def load(self) -> None: ...
 
-    def generate(self, request, on_step, should_stop):
+    def generate(self, request, inputs, on_step, should_stop):
         if request.prompt == self.bad_prompt:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return self.runner.generate(request, on_step, should_stop)
+        return self.runner.generate(request, inputs, on_step, should_stop)
 
 
 def request(runner, seed=1, prompt="a fox", fmt=OutputFormat.PNG, steps=2) -> GenerationRequest:
@@ -101,14 +102,14 @@ def test_progress_reported_per_step(parts, runner):
     seen: list[float] = []
 
     class Recording:
-        name = runner.name
+        name, model_names = runner.name, runner.model_names
 
-        def generate(self, req, on_step, should_stop):
+        def generate(self, req, inputs, on_step, should_stop):
             def spy(done, total):
                 on_step(done, total)
                 seen.append(store.get("job-0").progress)
 
-            return runner.generate(req, spy, should_stop)
+            return runner.generate(req, inputs, spy, should_stop)
 
     (job,) = run_jobs(parts, Recording(), [request(runner, steps=30)])
     assert seen == sorted(seen)
@@ -125,9 +126,9 @@ def test_lost_lease_drops_result(parts, runner):
     job = store.claim("test-worker", [runner.name], 0.3)
 
     class Evicting:
-        name = runner.name
+        name, model_names = runner.name, runner.model_names
 
-        def generate(self, req, on_step, should_stop):
+        def generate(self, req, inputs, on_step, should_stop):
             def evict_then_wait(done, total):
                 on_step(done, total)
                 if done == 1:  # another server decides this worker is dead
@@ -137,7 +138,7 @@ def test_lost_lease_drops_result(parts, runner):
                     while not should_stop() and time.monotonic() < deadline:
                         time.sleep(0.01)  # the lease keeper's next heartbeat is refused
 
-            return runner.generate(req, evict_then_wait, should_stop)
+            return runner.generate(req, inputs, evict_then_wait, should_stop)
 
     worker.runner = Evicting()
     worker.process(job)

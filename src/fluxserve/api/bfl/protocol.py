@@ -34,10 +34,23 @@ Guidance = Annotated[float, Field(ge=1.5, le=5.0), NotBool]
 OutputFormatName = Literal["jpeg", "png", "webp"]
 
 
-class _Inputs(BaseModel):
-    """Fields every BFL text-to-image endpoint takes."""
+class _CommonInputs(BaseModel):
+    """The fields every BFL generation endpoint takes."""
 
     model_config = ConfigDict(extra="allow")
+
+    seed: Seed | None = Field(None, description="0..2^64-1; random when absent.")
+    safety_tolerance: Annotated[int, Field(ge=0, le=6), NotBool] = Field(
+        2, description="0 (strictest) to 6."
+    )
+    output_format: OutputFormatName | None = Field("jpeg", description="jpeg, png or webp.")
+    prompt_upsampling: bool = Field(False, description="Rewrite the prompt before generating.")
+    webhook_url: str | None = Field(None, min_length=1, max_length=2083)
+    webhook_secret: str | None = None
+
+
+class _Inputs(_CommonInputs):
+    """Fields every BFL text-to-image endpoint takes."""
 
     prompt: Prompt = Field("", description="What to draw.")
     image_prompt: str | None = Field(
@@ -52,14 +65,6 @@ class _Inputs(BaseModel):
     )
     width: Dimension = 1024
     height: Dimension = 768
-    seed: Seed | None = Field(None, description="0..2^64-1; random when absent.")
-    safety_tolerance: Annotated[int, Field(ge=0, le=6), NotBool] = Field(
-        2, description="0 (strictest) to 6."
-    )
-    output_format: OutputFormatName | None = Field("jpeg", description="jpeg, png or webp.")
-    prompt_upsampling: bool = Field(False, description="Rewrite the prompt before generating.")
-    webhook_url: str | None = Field(None, min_length=1, max_length=2083)
-    webhook_secret: str | None = None
 
 
 class FluxDevInputs(_Inputs):
@@ -92,21 +97,6 @@ ImageReference = Annotated[str, Field(min_length=1, description="Base64, data: U
 FillSteps = Annotated[int, Field(ge=15, le=50), NotBool]
 FillGuidance = Annotated[float, Field(ge=1.5, le=100), NotBool]
 Margin = Annotated[int, Field(ge=0, le=2048), NotBool]
-
-
-class _CommonInputs(BaseModel):
-    """The fields of BFL's editing endpoints that are not about images."""
-
-    model_config = ConfigDict(extra="allow")
-
-    seed: Seed | None = Field(None, description="0..2^64-1; random when absent.")
-    safety_tolerance: Annotated[int, Field(ge=0, le=6), NotBool] = Field(
-        2, description="0 (strictest) to 6."
-    )
-    output_format: OutputFormatName | None = Field("jpeg", description="jpeg, png or webp.")
-    prompt_upsampling: bool = Field(False, description="Rewrite the prompt before generating.")
-    webhook_url: str | None = Field(None, min_length=1, max_length=2083)
-    webhook_secret: str | None = None
 
 
 class FluxKontextProInputs(_CommonInputs):
