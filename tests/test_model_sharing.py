@@ -94,3 +94,16 @@ def test_image_to_image_reuses_the_text_to_image_modules(runner, tiny_model_dir)
     assert img2img.transformer is runner.pipelines[tiny_model_dir.name].transformer
     # strength 0.5 of 4 steps runs the last 2, and progress counts those.
     assert steps_seen == [(1, 2), (2, 2)]
+
+
+def test_on_demand_loads_a_model_with_its_first_job(tiny_model_dir, tiny_kontext_dir):
+    runner = FluxRunner([resolved(tiny_model_dir), resolved(tiny_kontext_dir)], on_demand=True)
+    runner.load()
+    assert runner.pipelines == {}
+    request = GenerationRequest(
+        model=tiny_kontext_dir.name, prompt="x", width=64, height=64, steps=2, guidance=3.0,
+        seed=1, task=Task.EDIT,
+    )  # fmt: skip
+    (image,) = runner.generate(request, GenerationInputs(), lambda *_: None, lambda: False)
+    assert image.size == (64, 64)
+    assert list(runner.pipelines) == [tiny_kontext_dir.name]  # the other is still not loaded

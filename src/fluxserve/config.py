@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         description="Run each model's worker in its own process (survives crashes) or in a "
         "thread of the server process.",
     )
+    load_models: Literal["start", "on-demand"] = Field(
+        "start",
+        description="Load every model when the worker starts, or each one when its first "
+        "job arrives (on-demand: a quick start, a slow first job per model).",
+    )
     job_retention: float = Field(
         86400.0,
         gt=0,

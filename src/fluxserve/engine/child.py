@@ -34,7 +34,12 @@ def run_worker(
 
     store = SqliteJobStore(settings.database_path)
     storage = LocalStorage(settings.results_dir, settings.data_dir / "url-secret")
-    runner = FluxRunner(models, device=settings.device, threads=settings.torch_threads)
+    runner = FluxRunner(
+        models,
+        device=settings.device,
+        threads=settings.torch_threads,
+        on_demand=settings.load_models == "on-demand",
+    )
     runner.load()
     ready.set()
     options = WorkerOptions(worker_id, settings.lease_seconds, settings.metadata_prompt)

@@ -43,9 +43,14 @@ class FluxRunner:
     """Generates with diffusers' FLUX pipelines; owns the loop around them, not the math."""
 
     def __init__(
-        self, models: list[ResolvedModel], device: str = "auto", threads: int | None = None
+        self,
+        models: list[ResolvedModel],
+        device: str = "auto",
+        threads: int | None = None,
+        on_demand: bool = False,
     ) -> None:
         self.models = {model.name: model for model in models}
+        self.on_demand = on_demand  # load each model when its first job arrives
         self.model_names = list(self.models)
         self.name = ", ".join(self.model_names)
         self._requested_device = device
@@ -53,31 +58,41 @@ class FluxRunner:
         self.pipelines: dict[str, Any] = {}
         self._img2img: dict[str, FluxImg2ImgPipeline] = {}
         self.shared: dict[str, list[str]] = {}  # model -> components it got from another
+        self._loaded: dict[str, Any] = {}  # component fingerprint -> the module loaded
+        self._device: str | torch.device = "cpu"
+        self._dtype = torch.float32
 
     def load(self) -> None:
         # Per-component loading bars mean nothing in a server log.
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
-        device = pick_device(self._requested_device)
-        dtype = pick_dtype(device)
-        loaded: dict[str, Any] = {}  # component fingerprint -> the module already loaded
+        self._device = pick_device(self._requested_device)
+        self._dtype = pick_dtype(self._device)
+        threads = configure_threads(self._device, self._threads)
+        if self.on_demand:
+            logger.info("serving %s on %s; each model loads with its first job",
+                        self.name, self._device)  # fmt: skip
+            return
         for model in self.models.values():
-            if model.needs_build:
-                from fluxserve.runtime.tiny import make_tiny
+            self._load_model(model)
+        logger.info("loaded %s on %s (%s, %d CPU threads)",
+                    self.name, self._device, self._dtype, threads)  # fmt: skip
 
-                make_tiny(model.path, model.spec.source.removeprefix("builtin:"))
-            fingerprints = self._fingerprints(model) if len(self.models) > 1 else {}
-            reuse = {name: loaded[fp] for name, fp in fingerprints.items() if fp in loaded}
-            pipeline = self._load_one(model, dtype, reuse)
-            self.pipelines[model.name] = pipeline.to(device)
-            for name, fp in fingerprints.items():
-                loaded.setdefault(fp, getattr(pipeline, name))
-            if reuse:
-                self.shared[model.name] = sorted(reuse)
-                logger.info("%s shares %s with a model loaded before it", model.name,
-                            ", ".join(sorted(reuse)))  # fmt: skip
-        threads = configure_threads(device, self._threads)
-        logger.info("loaded %s on %s (%s, %d CPU threads)", self.name, device, dtype, threads)
+    def _load_model(self, model: ResolvedModel) -> None:
+        if model.needs_build:
+            from fluxserve.runtime.tiny import make_tiny
+
+            make_tiny(model.path, model.spec.source.removeprefix("builtin:"))
+        fingerprints = self._fingerprints(model) if len(self.models) > 1 else {}
+        reuse = {name: self._loaded[fp] for name, fp in fingerprints.items() if fp in self._loaded}
+        pipeline = self._load_one(model, self._dtype, reuse)
+        self.pipelines[model.name] = pipeline.to(self._device)
+        for name, fp in fingerprints.items():
+            self._loaded.setdefault(fp, getattr(pipeline, name))
+        if reuse:
+            self.shared[model.name] = sorted(reuse)
+            logger.info("%s shares %s with a model loaded before it", model.name,
+                        ", ".join(sorted(reuse)))  # fmt: skip
 
     @staticmethod
     def _fingerprints(model: ResolvedModel) -> dict[str, str]:
@@ -101,8 +116,11 @@ class FluxRunner:
         return pipeline
 
     def _pipeline_for(self, request: GenerationRequest) -> Any:
-        if request.model not in self.pipelines:
-            raise RuntimeError(f"model {request.model} is not loaded in this worker")
+        if request.model not in self.models:
+            raise RuntimeError(f"model {request.model} is not served by this worker")
+        if request.model not in self.pipelines:  # on demand: its first job
+            logger.info("loading %s for its first job", request.model)
+            self._load_model(self.models[request.model])
         if request.task is not Task.IMAGE_TO_IMAGE:
             return self.pipelines[request.model]
         if request.model not in self._img2img:  # the same modules, another loop: no memory
@@ -126,8 +144,6 @@ class FluxRunner:
         on_step: OnStep,
         should_stop: ShouldStop,
     ) -> list[Image.Image]:
-        if not self.pipelines:
-            raise RuntimeError("FluxRunner.generate called before load()")
         pipeline = self._pipeline_for(request)
         spec = self.models[request.model].spec
         cancelled = False
