@@ -7,6 +7,7 @@ lazily, inside ``Services.start``, so importing the API stays light.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import logging
 import os
 import time
@@ -18,6 +19,9 @@ from fluxserve.errors import ConfigurationError, DataDirLocked
 from fluxserve.imageinput import ImageReader
 from fluxserve.jobs.routing import ModelRouter
 from fluxserve.jobs.service import JobService
+from fluxserve.safety.policy import SafetyPolicy
+from fluxserve.safety.setup import SafetySetup, resolve_safety
+from fluxserve.safety.terms import load_terms
 from fluxserve.storage.local import LocalStorage
 from fluxserve.store.sqlite import SqliteJobStore
 from fluxserve.weights import ResolvedModel, resolve_model
@@ -49,6 +53,7 @@ class Services:
     store: SqliteJobStore
     storage: LocalStorage
     router: ModelRouter
+    safety: SafetySetup = field(default_factory=SafetySetup)
     workers: Any = None  # engine.pool.WorkerPool, imported lazily
     jobs: JobService = field(init=False)
     images: ImageReader = field(init=False)
@@ -56,7 +61,12 @@ class Services:
     _lock: IO[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.jobs = JobService(self.store, self.storage, self.notify, self.settings.result_url_ttl)
+        policy = SafetyPolicy(
+            load_terms(self.settings.blocked_terms), self.settings.max_safety_tolerance
+        )
+        self.jobs = JobService(
+            self.store, self.storage, self.notify, self.settings.result_url_ttl, policy
+        )
         self.images = ImageReader(self.settings.image_limits, self.settings.url_policy)
 
     def start(self) -> None:
@@ -82,6 +92,7 @@ class Services:
             list(self.models.values()),
             self.store,
             housekeeping=lambda: self.jobs.purge_ended(retention),
+            safety=self.safety,
         )
         self.workers.start()
 
@@ -118,6 +129,11 @@ def build_services(settings: Settings, models: dict[str, ResolvedModel] | None =
     """Everything the server needs, built but not started (no workers yet)."""
     models = models if models is not None else resolve_models(settings)
     router = ModelRouter({name: m.spec for name, m in models.items()}, settings.alias_map)
+    if settings.watermark and importlib.util.find_spec("imwatermark") is None:
+        raise ConfigurationError(
+            "--watermark needs the invisible-watermark package: pip install 'fluxserve[watermark]'"
+        )
+    safety = resolve_safety(settings, models.values())
     store = SqliteJobStore(settings.database_path)
     storage = LocalStorage(settings.results_dir, settings.data_dir / "url-secret")
-    return Services(settings, models, store, storage, router)
+    return Services(settings, models, store, storage, router, safety=safety)

@@ -106,6 +106,46 @@ class Settings(BaseSettings):
         20_000_000, ge=4096, description="Largest input image, in pixels (width x height)."
     )
     min_image_side: int = Field(64, ge=16, description="Smallest input image side, in pixels.")
+    blocked_terms: str = Field(
+        "default",
+        description="Prompt terms to refuse: 'default' (the shipped list), 'off', or a file "
+        "with one term or /regex/ per line (case-insensitive, on word boundaries).",
+    )
+    image_checker: str = Field(
+        "auto",
+        description="NSFW image classifier for input and output images: a Hugging Face repo "
+        "id or local directory, 'off', or 'auto' (Falconsai/nsfw_image_detection when a model "
+        "with real weights is loaded, off when only the tiny test models are).",
+    )
+    prompt_classifier: str = Field(
+        "off",
+        description="Optional text-classification model (repo id or directory) that checks "
+        "prompts after the term list; 'off' by default.",
+    )
+    max_safety_tolerance: int = Field(
+        2,
+        ge=0,
+        le=6,
+        description="The most permissive safety_tolerance a client may ask for (0 strictest, "
+        "6 most permissive); higher requests are lowered to it, and the job says so.",
+    )
+    prompt_upsampler: str | None = Field(
+        None,
+        description="What rewrites prompts for prompt_upsampling / enhance_prompt: an "
+        "OpenAI-compatible base URL (http://host:port/v1: vLLM, llama.cpp, Ollama) or a "
+        "transformers causal LM (repo id or directory). Unset: prompts are used as sent.",
+    )
+    prompt_upsampler_model: str | None = Field(
+        None, description="The model name sent to an OpenAI-compatible --prompt-upsampler."
+    )
+    prompt_upsampler_timeout: float = Field(
+        20.0, gt=0, description="Seconds to wait for a prompt rewrite before using the original."
+    )
+    watermark: bool = Field(
+        False,
+        description="Embed an invisible watermark in every output (invisible-watermark's "
+        "DWT-DCT, as BFL's reference code does; needs pip install 'fluxserve[watermark]').",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Logging level: debug, info, warning, error, critical."
     )

@@ -97,6 +97,25 @@ class GenerationRequest:
 
 
 @dataclass
+class JobReport:
+    """What the checks and the prompt rewrite said about a job; stored with it."""
+
+    # One per check: {"point", "allowed", "category", "score", "checker", "tolerance"}.
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+    prompt: str | None = None  # the prompt generated from, when upsampling rewrote it
+    notes: list[str] = field(default_factory=list)  # e.g. "prompt upsampling unavailable"
+    blocked_outputs: list[int] = field(default_factory=list)  # images replaced by black
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> JobReport:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+
+@dataclass
 class Job:
     """One row of the job table: the queue entry and the system of record."""
 
@@ -115,7 +134,13 @@ class Job:
     error_code: str | None = None
     error_message: str | None = None
     cancel_requested: bool = False
+    report: JobReport = field(default_factory=JobReport)
 
     @property
     def model(self) -> str:
         return self.request.model
+
+    @property
+    def effective_prompt(self) -> str:
+        """The prompt the image was made from (the rewritten one after upsampling)."""
+        return self.report.prompt or self.request.prompt

@@ -19,6 +19,7 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
             JobStatus.SUCCEEDED,
             JobStatus.FAILED,
             JobStatus.CANCELLED,
+            JobStatus.REQUEST_MODERATED,  # a check on the worker refused prompt or input
             JobStatus.CONTENT_MODERATED,
         }
     ),

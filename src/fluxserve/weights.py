@@ -42,8 +42,15 @@ class ResolvedModel:
         return self.spec.builtin and not (self.path / "model_index.json").exists()
 
 
-def download_snapshot(repo_id: str, *, allow_download: bool = True) -> Path:
+# A transformers classifier or language model: configs, tokenizer files, safetensors.
+TRANSFORMERS_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+
+
+def download_snapshot(
+    repo_id: str, *, allow_download: bool = True, patterns: list[str] | None = None
+) -> Path:
     """The local snapshot of ``repo_id``, downloading it (with a progress bar) if needed."""
+    patterns = patterns or DIFFUSERS_PATTERNS
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -52,9 +59,7 @@ def download_snapshot(repo_id: str, *, allow_download: bool = True) -> Path:
     )
 
     try:
-        return Path(
-            snapshot_download(repo_id, allow_patterns=DIFFUSERS_PATTERNS, local_files_only=True)
-        )
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
     except LocalEntryNotFoundError:
         if not allow_download:
             raise ModelLoadError(
@@ -62,7 +67,7 @@ def download_snapshot(repo_id: str, *, allow_download: bool = True) -> Path:
             ) from None
     logger.info("downloading %s from the Hugging Face Hub", repo_id)
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=DIFFUSERS_PATTERNS))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except GatedRepoError:
         raise ModelLoadError(
             f"{repo_id} is gated: accept its licence on huggingface.co, run `hf auth login` "
@@ -128,3 +133,16 @@ def component_fingerprint(directory: Path) -> str | None:
         with open(target, "rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()
+
+
+def resolve_aux_model(ref: str, what: str, *, allow_download: bool = True) -> Path:
+    """A helper model (a safety classifier, a prompt rewriter): a local directory or a
+    Hugging Face repo id, downloaded into the usual cache if needed."""
+    local = Path(ref).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise ModelLoadError(f"{what} {local} is not a transformers model directory.")
+        return local.resolve()
+    if ref.count("/") == 1 and not ref.startswith((".", "/")):
+        return download_snapshot(ref, allow_download=allow_download, patterns=TRANSFORMERS_PATTERNS)
+    raise ModelLoadError(f"{what} {ref!r} is neither a directory nor a Hugging Face repo id.")

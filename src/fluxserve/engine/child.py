@@ -10,8 +10,12 @@ import threading
 import time
 
 from fluxserve.config import Settings
+from fluxserve.engine.moderation import Moderation
 from fluxserve.engine.signals import Flag, Wakeup
 from fluxserve.engine.worker import Worker, WorkerOptions
+from fluxserve.prompting.upsample import build_upsampler
+from fluxserve.runtime.watermark import watermarker
+from fluxserve.safety.setup import SafetySetup, build_checks
 from fluxserve.weights import ResolvedModel
 
 logger = logging.getLogger(__name__)
@@ -22,12 +26,14 @@ ORPHAN_CHECK_INTERVAL = 1.0  # seconds
 def run_worker(
     settings: Settings,
     models: list[ResolvedModel],
+    safety: SafetySetup,
     worker_id: str,
     wake: Wakeup,
     stop: Flag,
     ready: Flag,
 ) -> None:
     """Load ``models`` and process their jobs until ``stop`` is set."""
+    from fluxserve.runtime.device import pick_device
     from fluxserve.runtime.diffusers_runner import FluxRunner  # torch stays out of the API
     from fluxserve.storage.local import LocalStorage
     from fluxserve.store.sqlite import SqliteJobStore
@@ -41,10 +47,26 @@ def run_worker(
         on_demand=settings.load_models == "on-demand",
     )
     runner.load()
+    device = str(pick_device(settings.device))
+    moderation = Moderation(
+        build_checks(safety, settings, device),
+        build_upsampler(
+            settings.prompt_upsampler,
+            settings.prompt_upsampler_model,
+            settings.prompt_upsampler_timeout,
+            safety.upsampler_model,
+            device,
+        ),
+    )
     ready.set()
-    options = WorkerOptions(worker_id, settings.lease_seconds, settings.metadata_prompt)
+    options = WorkerOptions(
+        worker_id,
+        settings.lease_seconds,
+        settings.metadata_prompt,
+        mark=watermarker() if settings.watermark else None,
+    )
     try:
-        Worker(store, storage, runner, options, wake, stop).run()
+        Worker(store, storage, runner, options, wake, stop, moderation).run()
     finally:
         store.close()
 
@@ -63,6 +85,7 @@ def _stop_when_orphaned(parent_pid: int, stop: Flag, wake: Wakeup) -> None:
 def process_main(
     settings: Settings,
     models: list[ResolvedModel],
+    safety: SafetySetup,
     worker_id: str,
     wake: Wakeup,
     stop: Flag,
@@ -80,4 +103,4 @@ def process_main(
     threading.Thread(
         target=_stop_when_orphaned, args=(os.getppid(), stop, wake), daemon=True
     ).start()
-    run_worker(settings, models, worker_id, wake, stop, ready)
+    run_worker(settings, models, safety, worker_id, wake, stop, ready)

@@ -24,6 +24,7 @@ from typing import Any
 from fluxserve.config import Settings
 from fluxserve.engine.child import process_main, run_worker
 from fluxserve.engine.signals import Flag, Wakeup
+from fluxserve.safety.setup import SafetySetup
 from fluxserve.store.base import JobStore
 from fluxserve.weights import ResolvedModel
 
@@ -58,8 +59,10 @@ class WorkerPool:
         models: list[ResolvedModel],
         store: JobStore,
         housekeeping: Callable[[], object] | None = None,
+        safety: SafetySetup | None = None,
     ) -> None:
         self.settings = settings
+        self.safety = safety or SafetySetup()
         self.store = store
         self.housekeeping = housekeeping
         self._last_housekeeping = 0.0
@@ -128,7 +131,7 @@ class WorkerPool:
         # Fresh signals for each worker, shared memory in process mode.
         ctx = self._ctx if self.mode == "process" else None
         slot.wake, slot.stop, slot.ready = Wakeup(ctx), Flag(ctx), Flag(ctx)
-        args = (self.settings, slot.models)
+        args = (self.settings, slot.models, self.safety)
         if self.mode == "process":
             proc = self._ctx.Process(
                 target=process_main,
@@ -155,7 +158,15 @@ class WorkerPool:
 
     def _thread_main(self, slot: WorkerSlot) -> None:
         try:
-            run_worker(self.settings, slot.models, slot.worker_id, slot.wake, slot.stop, slot.ready)
+            run_worker(
+                self.settings,
+                slot.models,
+                self.safety,
+                slot.worker_id,
+                slot.wake,
+                slot.stop,
+                slot.ready,
+            )
         except Exception as exc:
             logger.exception("worker %s crashed", slot.worker_id)
             slot.error = f"{type(exc).__name__}: {exc}"

@@ -1,4 +1,7 @@
-"""The worker loop: claim -> generate -> encode -> store -> complete, one job at a time.
+"""The worker loop: claim -> check -> generate -> check -> encode -> store -> complete.
+
+One job at a time. The checks (engine/moderation.py) may end a job request_moderated
+before anything is generated, or replace blocked outputs by black images.
 
 A failing job is marked Error and the loop goes on; nothing a job does ends the loop.
 """
@@ -8,16 +11,19 @@ from __future__ import annotations
 import io
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from PIL import Image
 
-from fluxserve.domain import Job
+from fluxserve.domain import Job, JobReport, JobStatus
 from fluxserve.engine.lease import LeaseKeeper
+from fluxserve.engine.moderation import Moderation
 from fluxserve.errors import GenerationCancelled
 from fluxserve.runtime.base import GenerationInputs, Runner
 from fluxserve.runtime.postprocess import encode_image, generation_metadata
+from fluxserve.safety.checks import SafetyChecks
 from fluxserve.storage.base import BlobStorage, result_key
 from fluxserve.store.base import JobStore
 
@@ -41,6 +47,22 @@ class WorkerOptions:
     worker_id: str
     lease_seconds: float = 30.0
     metadata_prompt: bool = True
+    # Applied to every output that passed its check (an invisible watermark), or None.
+    mark: Callable[[Image.Image], Image.Image] | None = None
+
+
+@dataclass
+class Outcome:
+    """How a job ended in the worker: stored images, or the reason it was refused."""
+
+    keys: list[str] = field(default_factory=list)
+    report: JobReport = field(default_factory=JobReport)
+    refusal: str | None = None
+
+    @property
+    def status(self) -> JobStatus:
+        every_image_blocked = bool(self.keys) and len(self.report.blocked_outputs) == len(self.keys)
+        return JobStatus.CONTENT_MODERATED if every_image_blocked else JobStatus.SUCCEEDED
 
 
 class Worker:
@@ -52,11 +74,13 @@ class Worker:
         options: WorkerOptions,
         wake: WakeLike,
         stop: FlagLike,
+        moderation: Moderation | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
         self.runner = runner
         self.options = options
+        self.moderation = moderation or Moderation(SafetyChecks())
         self.wake = wake
         self.stop = stop
         self.lease = LeaseKeeper(store, options.lease_seconds)
@@ -88,7 +112,7 @@ class Worker:
         started = time.perf_counter()
         self.lease.hold(job)
         try:
-            keys = self._generate_and_store(job)
+            outcome = self._generate_and_store(job)
         except GenerationCancelled:
             if self.lease.lost:
                 logger.info("job %s stopped: its lease was lost", job.id)
@@ -107,18 +131,23 @@ class Worker:
             return
         finally:
             self.lease.release()
-        if self.store.complete(job.id, job.attempt, keys):
+        if outcome.refusal is not None:
+            if self.store.moderate(job.id, job.attempt, outcome.report, outcome.refusal):
+                logger.info("job %s refused: %s", job.id, outcome.refusal)
+            return
+        status = outcome.status
+        if self.store.complete(job.id, job.attempt, outcome.keys, outcome.report, status):
             logger.info(
-                "job %s done in %.1f ms (model %.1f ms)",
+                "job %s %s in %.1f ms (model %.1f ms)",
                 job.id,
+                "done" if status is JobStatus.SUCCEEDED else status.value,
                 (time.perf_counter() - started) * 1000,
                 self.last_model_seconds * 1000,
             )
         else:
             logger.warning("job %s finished after its lease was lost; result dropped", job.id)
 
-    def _generate_and_store(self, job: Job) -> list[str]:
-        request = job.request
+    def _generate_and_store(self, job: Job) -> Outcome:
         # Counting from the start: a job shorter than the interval writes no progress.
         last_write = time.monotonic()
 
@@ -141,17 +170,24 @@ class Worker:
             return cancelled or self.lease.lost
 
         inputs = self._read_inputs(job)
+        admitted = self.moderation.before(job, inputs)
+        if admitted.refusal is not None:
+            return Outcome(report=admitted.report, refusal=admitted.refusal)
+        request, report = admitted.request, admitted.report
         started = time.perf_counter()
         images = self.runner.generate(request, inputs, on_step, should_stop)
         self.last_model_seconds = time.perf_counter() - started
+        images = self.moderation.after(request, images, report)
         metadata = generation_metadata(request, self.options.metadata_prompt)
         fmt = request.output_format
         keys = []
         for index, image in enumerate(images):
+            if self.options.mark is not None and index not in report.blocked_outputs:
+                image = self.options.mark(image)
             key = result_key(job.id, job.attempt, index, fmt.value)
             self.storage.put(key, encode_image(image, fmt, metadata), fmt.content_type)
             keys.append(key)
-        return keys
+        return Outcome(keys, report)
 
     def _read_inputs(self, job: Job) -> GenerationInputs:
         """The job's input images, from storage (the API checked them before queueing)."""

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fluxserve.domain import GenerationRequest, Job, JobStatus
 from fluxserve.errors import JobNotFound
+from fluxserve.safety.policy import SafetyPolicy
 from fluxserve.storage.base import BlobStorage, input_key, job_prefixes
 from fluxserve.store.base import JobStore
 
@@ -32,11 +33,13 @@ class JobService:
         storage: BlobStorage,
         notify: Callable[[], None],
         url_ttl: int = 600,
+        policy: SafetyPolicy | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
         self._notify = notify
         self.url_ttl = url_ttl
+        self.policy = policy or SafetyPolicy()
 
     def submit(
         self,
@@ -47,14 +50,31 @@ class JobService:
         """Queue a job and wake the workers; returns the stored job.
 
         Input images (already checked by the API) are stored with the job before it is
-        queued, so the worker that claims it, or retries it after a crash, finds them.
+        queued, so the worker that claims it, or retries it after a crash, finds them. A
+        prompt the safety policy refuses makes a job that has already ended,
+        request_moderated, and queues nothing.
         """
         job_id = str(uuid.uuid4())
+        request, report, refusal = self.policy.admit(request)
+        if refusal is not None:
+            now = time.time()
+            job = Job(
+                id=job_id,
+                request=request,
+                status=JobStatus.REQUEST_MODERATED,
+                created_at=now,
+                finished_at=now,
+                error_code="request_moderated",
+                error_message=refusal,
+                report=report,
+            )
+            logger.info("job %s refused before queueing: %s", job_id, refusal)
+            return self.store.create(job)
         stored = [self._put_input(job_id, str(n), image) for n, image in enumerate(images)]
         mask_key = self._put_input(job_id, "mask", mask) if mask is not None else None
         if stored or mask_key:
             request = dataclasses.replace(request, input_keys=tuple(stored), mask_key=mask_key)
-        job = Job(id=job_id, request=request, created_at=time.time())
+        job = Job(id=job_id, request=request, created_at=time.time(), report=report)
         try:
             self.store.create(job)
         except Exception:

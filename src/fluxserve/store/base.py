@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from fluxserve.domain import Job, JobStatus
+from fluxserve.domain import Job, JobReport, JobStatus
 
 
 class JobStore(Protocol):
@@ -37,7 +37,18 @@ class JobStore(Protocol):
 
     def set_progress(self, job_id: str, attempt: int, progress: float) -> bool: ...
 
-    def complete(self, job_id: str, attempt: int, result_keys: list[str]) -> bool: ...
+    def complete(
+        self,
+        job_id: str,
+        attempt: int,
+        result_keys: list[str],
+        report: JobReport | None = None,
+        status: JobStatus = JobStatus.SUCCEEDED,
+    ) -> bool: ...
+
+    def moderate(self, job_id: str, attempt: int, report: JobReport, message: str) -> bool:
+        """End a running job REQUEST_MODERATED (fenced by attempt, like every write)."""
+        ...
 
     def fail(self, job_id: str, attempt: int | None, code: str, message: str) -> bool:
         """Mark failed; ``attempt`` None fails a queued job that no worker holds."""

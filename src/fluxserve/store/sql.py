@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from fluxserve.domain import GenerationRequest, Job, JobStatus
+from fluxserve.domain import GenerationRequest, Job, JobReport, JobStatus
 from fluxserve.states import sources_of
 
 metadata = sa.MetaData()
@@ -35,6 +35,8 @@ jobs = sa.Table(
     sa.Column("error_message", sa.Text),
     # Set by a cancel of a running job; the worker polls it between steps.
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    # JSON: safety verdicts, the rewritten prompt, notes (domain.JobReport).
+    sa.Column("report", sa.Text),
     sa.Index("ix_jobs_claim", "status", "model", "seq"),
 )
 
@@ -63,6 +65,7 @@ def row_to_job(row: Any) -> Job:
         error_code=m["error_code"],
         error_message=m["error_message"],
         cancel_requested=bool(m["cancel_requested"]),
+        report=JobReport.from_dict(json.loads(m["report"]) if m["report"] else None),
     )
 
 
@@ -80,6 +83,8 @@ class SqlJobStore:
             if "cancel_requested" not in present:
                 add = "ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT FALSE"
                 conn.execute(sa.text(add))
+            if "report" not in present:
+                conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN report TEXT"))
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -123,6 +128,11 @@ class SqlJobStore:
             "attempt": job.attempt,
             "created_at": job.created_at or time.time(),
             "cancel_requested": False,
+            "report": json.dumps(job.report.to_dict()),
+            # A job refused before it was queued is created ended (request moderated).
+            "finished_at": job.finished_at,
+            "error_code": job.error_code,
+            "error_message": job.error_message,
         }
         with self.engine.begin() as conn:
             seq = conn.execute(jobs.insert().values(**values).returning(jobs.c.seq)).scalar_one()
@@ -173,13 +183,41 @@ class SqlJobStore:
     def set_progress(self, job_id: str, attempt: int, progress: float) -> bool:
         return self._update_running(job_id, attempt, progress=progress)
 
-    def complete(self, job_id: str, attempt: int, result_keys: list[str]) -> bool:
+    def complete(
+        self,
+        job_id: str,
+        attempt: int,
+        result_keys: list[str],
+        report: JobReport | None = None,
+        status: JobStatus = JobStatus.SUCCEEDED,
+    ) -> bool:
+        """End a running job with its images: SUCCEEDED, or CONTENT_MODERATED when the
+        output check blocked every image (their black stand-ins are still stored)."""
+        moderated = status is JobStatus.CONTENT_MODERATED
         return self._update_running(
             job_id,
             attempt,
-            status=JobStatus.SUCCEEDED.value,
+            status=status.value,
+            error_code="content_moderated" if moderated else None,
+            error_message="The generated image was blocked by the content policy."
+            if moderated
+            else None,
             progress=1.0,
             result_keys=json.dumps(result_keys),
+            report=json.dumps((report or JobReport()).to_dict()),
+            finished_at=time.time(),
+            lease_expires_at=None,
+        )
+
+    def moderate(self, job_id: str, attempt: int, report: JobReport, message: str) -> bool:
+        """End a running job REQUEST_MODERATED: a check refused its prompt or an input."""
+        return self._update_running(
+            job_id,
+            attempt,
+            status=JobStatus.REQUEST_MODERATED.value,
+            error_code="request_moderated",
+            error_message=message,
+            report=json.dumps(report.to_dict()),
             finished_at=time.time(),
             lease_expires_at=None,
         )

@@ -151,13 +151,15 @@ def to_result_response(job: Job, sample_urls: list[str]) -> ResultResponse:
         start, end = job.started_at or job.created_at, job.finished_at or job.created_at
         response.result = {
             "sample": sample_urls[0] if sample_urls else None,
-            "prompt": job.request.prompt,
+            "prompt": job.effective_prompt,
             "seed": job.request.seed,
             "start_time": start,
             "end_time": end,
             "duration": round(end - start, 6),
         }
         response.progress = 1.0
+        if job.report.notes:  # e.g. the tolerance was lowered, upsampling was unavailable
+            response.details = {"notes": job.report.notes}
     elif job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
         response.progress = round(job.progress, 4)
     else:
@@ -166,6 +168,8 @@ def to_result_response(job: Job, sample_urls: list[str]) -> ResultResponse:
             "Task cancelled" if job.status is JobStatus.CANCELLED else status
         )
         response.details = {"code": code, "message": message}
+        if job.report.verdicts:  # why a moderated request was refused
+            response.details["verdicts"] = [v for v in job.report.verdicts if not v["allowed"]]
     return response
 
 

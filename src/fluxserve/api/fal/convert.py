@@ -23,6 +23,7 @@ from fluxserve.errors import InvalidRequest
 from fluxserve.imageinput import ImageReader
 from fluxserve.jobs import imageprep
 from fluxserve.jobs.imageprep import Prepared
+from fluxserve.safety.tolerance import MAX_TOLERANCE
 from fluxserve.specs import ModelSpec
 
 
@@ -36,7 +37,6 @@ def to_generation_request(endpoint: str, inputs: _Input, spec: ModelSpec) -> Gen
         height=height,
         steps=_steps(spec, steps),
         guidance=spec.effective_guidance(guidance),
-        safety_tolerance=int(inputs.safety_tolerance),
         acceleration=inputs.acceleration if isinstance(inputs, FluxInput) else "none",
         **_common(endpoint, inputs, spec),
     )
@@ -59,7 +59,17 @@ def _common(endpoint: str, inputs: _Base, spec: ModelSpec) -> dict:
         "endpoint": endpoint,
         "num_images": inputs.num_images,
         "inline_images": inputs.sync_mode,
+        "safety_tolerance": safety_tolerance(inputs),
+        "prompt_upsampling": inputs.enhance_prompt,
     }
+
+
+def safety_tolerance(inputs: _Base) -> int:
+    """fal's "1"-"6" on the shared table; ``enable_safety_checker: false`` asks for 6 (the
+    server then clamps it to the most it allows)."""
+    if getattr(inputs, "enable_safety_checker", True) is False:
+        return MAX_TOLERANCE
+    return int(getattr(inputs, "safety_tolerance", "2"))
 
 
 def kontext_dev_request(
@@ -94,8 +104,6 @@ def kontext_pro_request(
         height=height,
         steps=spec.effective_steps(None),
         guidance=spec.effective_guidance(inputs.guidance_scale),
-        safety_tolerance=int(inputs.safety_tolerance),
-        prompt_upsampling=inputs.enhance_prompt,
         task=Task.EDIT,
         **_common(endpoint, inputs, spec),
     )
@@ -137,8 +145,6 @@ def fill_request(
         height=prepared.height,
         steps=_steps(spec, inputs.num_inference_steps),
         guidance=spec.effective_guidance(inputs.guidance_scale),
-        safety_tolerance=int(inputs.safety_tolerance),
-        prompt_upsampling=inputs.enhance_prompt,
         task=Task.FILL,
         **_common(endpoint, inputs, spec),
     )
@@ -173,8 +179,8 @@ def to_output(job: Job, image_urls: list[str]) -> Output:
         images=images,
         timings={"inference": inference_seconds(job)},
         seed=request.seed,
-        has_nsfw_concepts=[False] * len(images),  # no safety checker yet
-        prompt=request.prompt,
+        has_nsfw_concepts=[i in job.report.blocked_outputs for i in range(len(images))],
+        prompt=job.effective_prompt,
     )
 
 
@@ -234,7 +240,7 @@ def to_status(job: Job, urls: QueueUrls, position: int | None, with_logs: bool) 
     if job.status is JobStatus.RUNNING:
         return QueueStatus(status="IN_PROGRESS", logs=logs, **base)
     error = error_type = None
-    if job.status is not JobStatus.SUCCEEDED:
+    if job.status not in (JobStatus.SUCCEEDED, JobStatus.CONTENT_MODERATED):
         error_type = job.error_code or job.status.value
         error = job.error_message or "The request did not complete."
     return QueueStatus(

@@ -74,6 +74,9 @@ class _Base(BaseModel):
         1, description="Images to make, as one batch."
     )
     output_format: Literal["jpeg", "png"] = "jpeg"
+    enhance_prompt: bool = Field(
+        False, description="Rewrite the prompt with the server's prompt upsampler first."
+    )
 
 
 class _Input(_Base):
@@ -82,7 +85,10 @@ class _Input(_Base):
         description="A preset (square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, "
         "landscape_16_9) or {width, height}; default landscape_4_3.",
     )
-    enable_safety_checker: bool = Field(True, description="Accepted; safety checks come later.")
+    enable_safety_checker: bool = Field(
+        True,
+        description="false: check at safety_tolerance 6, clamped to the most this server allows.",
+    )
     safety_tolerance: SafetyTolerance = Field("2", description="1 (strictest) to 6, as a string.")
 
     def size(self) -> tuple[int, int]:
@@ -101,8 +107,6 @@ class FluxInput(_Input):
 
 class FluxProV11Input(_Input):
     """``fal-ai/flux-pro/v1.1``: no steps or guidance; the serving model's defaults apply."""
-
-    enhance_prompt: bool = False
 
 
 # -- image inputs ---------------------------------------------------------------------------
@@ -128,7 +132,10 @@ class KontextDevInput(_Base):
         "auto is the same as match_input on this server.",
     )
     acceleration: Acceleration = "none"
-    enable_safety_checker: bool = Field(True, description="Accepted; safety checks come later.")
+    enable_safety_checker: bool = Field(
+        True,
+        description="false: check at safety_tolerance 6, clamped to the most this server allows.",
+    )
     output_format: Literal["jpeg", "png"] = "png"
 
     def aspect_ratio(self) -> str | None:
@@ -144,7 +151,6 @@ class _KontextProInput(_Base):
     )
     guidance_scale: Guidance = Field(3.5, description="Guidance strength; 1-20.")
     safety_tolerance: SafetyTolerance = Field("2", description="1 (strictest) to 6, as a string.")
-    enhance_prompt: bool = Field(False, description="Rewrite the prompt before generating.")
 
     def references(self) -> list[tuple[str, str]]:
         """(field name, value) of each input image, in order."""
@@ -191,7 +197,10 @@ class FluxImageToImageInput(_Base):
     )
     guidance_scale: Guidance = Field(3.5, description="Guidance strength; 1-20.")
     acceleration: Acceleration = "none"
-    enable_safety_checker: bool = Field(True, description="Accepted; safety checks come later.")
+    enable_safety_checker: bool = Field(
+        True,
+        description="false: check at safety_tolerance 6, clamped to the most this server allows.",
+    )
 
 
 class FluxProFillInput(_Base):
@@ -204,7 +213,6 @@ class FluxProFillInput(_Base):
         None, description="Same size as image_url: white repaints, black keeps."
     )
     safety_tolerance: SafetyTolerance = Field("2", description="1 (strictest) to 6, as a string.")
-    enhance_prompt: bool = Field(False, description="Rewrite the prompt before generating.")
     num_inference_steps: Steps | None = Field(
         None, description="fluxserve extension: 1-50; default: the model's (50)."
     )

@@ -88,7 +88,12 @@ def output_for(services: Services, job: Job, base: str) -> Output | JSONResponse
 
     Reads files (sync_mode), so async routes call it in the thread pool.
     """
-    if job.status is not JobStatus.SUCCEEDED:
+    if job.status is JobStatus.REQUEST_MODERATED:
+        message = job.error_message or "The request was refused by the content policy."
+        return fal_error(422, message, "content_policy_violation")
+    # A blocked output is a black image flagged in has_nsfw_concepts, even when every
+    # image of the request was blocked: fal never fails a batch for its content.
+    if job.status not in (JobStatus.SUCCEEDED, JobStatus.CONTENT_MODERATED):
         message = job.error_message or "The request did not complete."
         return fal_error(FAILED_STATUS.get(job.status, 500), message, job.error_code or "error")
     if not job.request.inline_images:

@@ -250,8 +250,12 @@ def to_edit_request(
 
 
 def to_response(job: Job, urls: list[str] | None, images: list[bytes] | None) -> ImagesResponse:
-    """``urls`` for response_format=url, else the image bytes for b64_json."""
-    prompt = job.request.prompt
+    """``urls`` for response_format=url, else the image bytes for b64_json.
+
+    Images the output check blocked are left out, and ``moderation`` says how many.
+    """
+    prompt = job.effective_prompt
+    blocked = set(job.report.blocked_outputs)
     if urls is not None:
         data = [ImageData(url=url, revised_prompt=prompt) for url in urls]
     else:
@@ -259,8 +263,21 @@ def to_response(job: Job, urls: list[str] | None, images: list[bytes] | None) ->
             ImageData(b64_json=base64.b64encode(image).decode("ascii"), revised_prompt=prompt)
             for image in images or []
         ]
+    data = [item for index, item in enumerate(data) if index not in blocked]
+    moderation = None
+    if blocked:
+        moderation = {
+            "blocked_images": len(blocked),
+            "message": f"{len(blocked)} of the {len(blocked) + len(data)} images were "
+            "blocked by the content policy and left out.",
+        }
     created = int(job.finished_at or job.created_at)
-    return ImagesResponse(created=created, data=data, output_format=job.request.output_format.value)
+    return ImagesResponse(
+        created=created,
+        data=data,
+        output_format=job.request.output_format.value,
+        moderation=moderation,
+    )
 
 
 def to_model_list(specs: list[ModelSpec], created: int) -> ModelList:

@@ -154,6 +154,8 @@ class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
     output_format: str | None = None
+    # fluxserve: present when the output check left images out ({blocked_images, message}).
+    moderation: dict[str, int | str] | None = None
 
 
 class ModelObject(BaseModel):
