@@ -294,7 +294,7 @@ ACCEPTED_VALUES = [
     ({"seed": MAX_SEED}, {"seed": MAX_SEED}),
     ({"seed": None}, {}),
     ({"safety_tolerance": 0}, {"safety_tolerance": 0}),
-    ({"safety_tolerance": 6}, {"safety_tolerance": 6}),
+    ({"safety_tolerance": 6}, {"safety_tolerance": 2}),  # clamped: --max-safety-tolerance 2
     ({"output_format": "png"}, {"output_format": OutputFormat.PNG}),
     ({"output_format": "webp"}, {"output_format": OutputFormat.WEBP}),
     ({"output_format": None}, {"output_format": OutputFormat.JPEG}),

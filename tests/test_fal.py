@@ -390,7 +390,7 @@ ACCEPTED_VALUES = [
     ({"num_images": 4}, {"num_images": 4}),
     ({"output_format": "png"}, {"output_format": OutputFormat.PNG}),
     ({"safety_tolerance": "1"}, {"safety_tolerance": 1}),
-    ({"safety_tolerance": "6"}, {"safety_tolerance": 6}),
+    ({"safety_tolerance": "6"}, {"safety_tolerance": 2}),  # clamped: --max-safety-tolerance 2
     ({"sync_mode": True}, {"inline_images": True}),
     ({"num_inference_steps": 1, "guidance_scale": 1}, {"steps": 1, "guidance": 1.0}),
     ({"num_inference_steps": 50, "guidance_scale": 20}, {"steps": 50, "guidance": 20.0}),

@@ -424,7 +424,10 @@ def test_async_response_and_not_found():
 def dev_only_client(tmp_path: Path, tiny_model_dir: Path) -> Iterator[TestClient]:
     """The app with one model named flux-dev (tiny weights), lifespan not started."""
     settings = Settings(
-        model=[str(tiny_model_dir)], data_dir=tmp_path / "data", worker_mode="thread"
+        model=[str(tiny_model_dir)],
+        data_dir=tmp_path / "data",
+        worker_mode="thread",
+        image_checker="off",  # a dev spec over tiny weights: no checker download offline
     )
     spec = dataclasses.replace(MODEL_SPECS["flux-dev"], name="flux-dev")
     services = build_services(
@@ -471,6 +474,7 @@ def test_alias_routes_through_the_app(tmp_path: Path, tiny_model_dir: Path):
         alias=["flux-schnell=flux-dev"],
         data_dir=tmp_path / "data",
         worker_mode="thread",
+        image_checker="off",
     )
     spec = dataclasses.replace(MODEL_SPECS["flux-dev"], name="flux-dev")
     services = build_services(

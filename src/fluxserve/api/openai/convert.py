@@ -68,6 +68,8 @@ def to_generation_request(body: ImagesGenerateRequest, spec: ModelSpec) -> Gener
         output_format=OutputFormat(body.output_format),
         endpoint="openai",
         num_images=body.n,
+        safety_tolerance=body.tolerance(),
+        prompt_upsampling=body.prompt_upsampling,
     )
 
 
@@ -243,6 +245,8 @@ def to_edit_request(
         output_format=OutputFormat(body.output_format),
         endpoint="openai",
         num_images=body.n,
+        safety_tolerance=body.tolerance(),
+        prompt_upsampling=body.prompt_upsampling,
         task=task,
         strength=strength,
     )

@@ -67,6 +67,21 @@ class _ImagesOptions(BaseModel):
     seed: Annotated[int, Field(ge=0, le=MAX_SEED), NotBool] | None = None
     steps: Annotated[int, Field(ge=1, le=50), NotBool] | None = None
     guidance: Annotated[float, Field(ge=1.5, le=5.0), NotBool] | None = None
+    safety_tolerance: Annotated[int, Field(ge=0, le=6), NotBool] | None = Field(
+        None, description="0 (strictest) to 6; default 2, or 6 with moderation=low."
+    )
+    prompt_upsampling: bool = Field(
+        False, description="Rewrite the prompt first; the rewrite comes back as revised_prompt."
+    )
+    moderation: Literal["low", "auto"] | None = Field(
+        None, description="low asks for safety_tolerance 6 (clamped to the server's most)."
+    )
+
+    def tolerance(self) -> int:
+        """The safety_tolerance asked for: given, else 6 for moderation=low, else 2."""
+        if self.safety_tolerance is not None:
+            return self.safety_tolerance
+        return 6 if self.moderation == "low" else 2
 
 
 class ImagesGenerateRequest(_ImagesOptions):
@@ -76,7 +91,6 @@ class ImagesGenerateRequest(_ImagesOptions):
     )
     quality: Literal["standard", "hd", "low", "medium", "high", "auto"] | None = None
     style: Literal["vivid", "natural"] | None = None
-    moderation: Literal["low", "auto"] | None = None
     stream: Literal[False] | None = Field(None, description="Streaming is not supported.")
 
 
