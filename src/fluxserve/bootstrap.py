@@ -133,6 +133,10 @@ def build_services(settings: Settings, models: dict[str, ResolvedModel] | None =
         raise ConfigurationError(
             "--watermark needs the invisible-watermark package: pip install 'fluxserve[watermark]'"
         )
+    if settings.c2pa_cert is not None and settings.c2pa_key is not None:
+        from fluxserve.runtime.provenance import c2pa_signer
+
+        c2pa_signer(settings.c2pa_cert, settings.c2pa_key)  # fails now, in one sentence
     safety = resolve_safety(settings, models.values())
     store = SqliteJobStore(settings.database_path)
     storage = LocalStorage(settings.results_dir, settings.data_dir / "url-secret")

@@ -146,6 +146,12 @@ class Settings(BaseSettings):
         description="Embed an invisible watermark in every output (invisible-watermark's "
         "DWT-DCT, as BFL's reference code does; needs pip install 'fluxserve[watermark]').",
     )
+    c2pa_cert: Path | None = Field(
+        None,
+        description="PEM certificate chain to sign a C2PA manifest into every output with "
+        "(needs --c2pa-key and pip install 'fluxserve[c2pa]').",
+    )
+    c2pa_key: Path | None = Field(None, description="PEM private key of --c2pa-cert.")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Logging level: debug, info, warning, error, critical."
     )
@@ -165,6 +171,15 @@ class Settings(BaseSettings):
             if not sep or not name.strip() or not target.strip():
                 raise ValueError(f"alias {item!r} must look like NAME=MODEL")
         return aliases
+
+    @model_validator(mode="after")
+    def _check_c2pa(self) -> Settings:
+        if (self.c2pa_cert is None) != (self.c2pa_key is None):
+            raise ValueError("--c2pa-cert and --c2pa-key go together: give both or neither")
+        for path in (self.c2pa_cert, self.c2pa_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"C2PA file {path} does not exist")
+        return self
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:

@@ -14,6 +14,7 @@ from fluxserve.engine.moderation import Moderation
 from fluxserve.engine.signals import Flag, Wakeup
 from fluxserve.engine.worker import Worker, WorkerOptions
 from fluxserve.prompting.upsample import build_upsampler
+from fluxserve.runtime.provenance import c2pa_signer
 from fluxserve.runtime.watermark import watermarker
 from fluxserve.safety.setup import SafetySetup, build_checks
 from fluxserve.weights import ResolvedModel
@@ -64,6 +65,7 @@ def run_worker(
         settings.lease_seconds,
         settings.metadata_prompt,
         mark=watermarker() if settings.watermark else None,
+        sign=c2pa_signer(settings.c2pa_cert, settings.c2pa_key) if settings.c2pa_cert else None,
     )
     try:
         Worker(store, storage, runner, options, wake, stop, moderation).run()

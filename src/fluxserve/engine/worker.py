@@ -17,7 +17,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from fluxserve.domain import Job, JobReport, JobStatus
+from fluxserve.domain import GenerationRequest, Job, JobReport, JobStatus
 from fluxserve.engine.lease import LeaseKeeper
 from fluxserve.engine.moderation import Moderation
 from fluxserve.errors import GenerationCancelled
@@ -49,6 +49,8 @@ class WorkerOptions:
     metadata_prompt: bool = True
     # Applied to every output that passed its check (an invisible watermark), or None.
     mark: Callable[[Image.Image], Image.Image] | None = None
+    # Embeds a signed C2PA manifest in every encoded output that passed its check, or None.
+    sign: Callable[[bytes, GenerationRequest], bytes] | None = None
 
 
 @dataclass
@@ -182,10 +184,14 @@ class Worker:
         fmt = request.output_format
         keys = []
         for index, image in enumerate(images):
-            if self.options.mark is not None and index not in report.blocked_outputs:
+            passed = index not in report.blocked_outputs
+            if self.options.mark is not None and passed:
                 image = self.options.mark(image)
+            data = encode_image(image, fmt, metadata)
+            if self.options.sign is not None and passed:
+                data = self.options.sign(data, request)
             key = result_key(job.id, job.attempt, index, fmt.value)
-            self.storage.put(key, encode_image(image, fmt, metadata), fmt.content_type)
+            self.storage.put(key, data, fmt.content_type)
             keys.append(key)
         return Outcome(keys, report)
 

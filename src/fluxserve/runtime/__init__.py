@@ -1,2 +1,2 @@
-"""The only package that imports torch, diffusers and transformers (``base`` and
-``postprocess`` excepted, which the engine uses without them)."""
+"""The only package that imports torch, diffusers and transformers (``base``,
+``postprocess`` and ``provenance`` excepted, which the engine uses without them)."""
