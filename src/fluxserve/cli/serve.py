@@ -25,6 +25,7 @@ def serve(settings: Settings) -> int:
             logger.info("model %s (%s) from %s", name, model.spec.kind.value, model.path)
         for endpoint, model_name in services.router.table().items():
             logger.info("  /v1/%s -> %s", endpoint, model_name or "(not served)")
+        log_safety(services)
         app = create_app(settings, services)
         uvicorn.run(
             app,
@@ -37,3 +38,16 @@ def serve(settings: Settings) -> int:
     finally:
         lock.close()
     return 0
+
+
+def log_safety(services) -> None:
+    """One line on what is checked, so an operator sees an unguarded server at start."""
+    settings, safety = services.settings, services.safety
+    image = safety.image_checker[0] if safety.image_checker else "off"
+    prompt = safety.prompt_classifier[0] if safety.prompt_classifier else "off"
+    logger.info(
+        "safety: blocked terms %s, prompt classifier %s, image checker %s, "
+        "safety_tolerance at most %d; prompt upsampler %s",
+        settings.blocked_terms, prompt, image, settings.max_safety_tolerance,
+        settings.prompt_upsampler or "off",
+    )  # fmt: skip
