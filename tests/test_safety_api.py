@@ -25,9 +25,9 @@ from fluxserve.domain import JobStatus
 from tests.helpers import SMALL, b64, fetch_image, image_bytes, poll_result, wait_ready
 from tests.tiny_aux import make_image_checker, make_text_classifier
 
-FAST = {**SMALL, "steps": 2}  # BFL
-FAL_FAST = {"image_size": {"width": 256, "height": 256}, "num_inference_steps": 2}
-OPENAI_FAST = {"size": "256x256", "steps": 2}
+FAST = {**SMALL, "steps": 2, "seed": 1}  # BFL
+FAL_FAST = {"image_size": {"width": 256, "height": 256}, "num_inference_steps": 2, "seed": 1}
+OPENAI_FAST = {"size": "256x256", "steps": 2, "seed": 1}
 BLOCKED_PROMPT = "child porn in a park"  # on the default term list
 CLAMP_NOTE = "safety_tolerance 6 was lowered to 2"
 
@@ -251,7 +251,7 @@ def test_fal_queue_term_blocked(client):
     assert status.status_code == 200
     status = status.json()
     assert status["status"] == "COMPLETED"  # already ended at submit: no waiting
-    assert status["error_type"] == "request_moderated"
+    assert status["error_type"] == "content_policy_violation"
     assert "child porn" in status["error"]
     result = client.get(submitted["response_url"])
     assert result.status_code == 422
@@ -334,6 +334,18 @@ def test_openai_all_outputs_blocked_is_400(blocking_client):
     error = response.json()["error"]
     assert error["code"] == "content_policy_violation"
     assert "blocked" in error["message"]
+    assert error["param"] is None  # no field of the request was at fault
+
+
+def test_openai_edit_with_a_refused_input_names_the_image(blocking_client):
+    files = {"image": ("in.png", image_bytes((64, 64)), "image/png")}
+    data = {"prompt": "make it blue", "steps": "2"}
+    response = blocking_client.post("/v1/images/edits", files=files, data=data)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "content_policy_violation"
+    assert error["param"] == "image"
+    assert "Input image 1" in error["message"]
 
 
 def test_openai_allowed_has_no_moderation_field(allowing_client, monkeypatch):

@@ -170,6 +170,8 @@ def to_result_response(job: Job, sample_urls: list[str]) -> ResultResponse:
         response.details = {"code": code, "message": message}
         if job.report.verdicts:  # why a moderated request was refused
             response.details["verdicts"] = [v for v in job.report.verdicts if not v["allowed"]]
+        if job.report.notes:
+            response.details["notes"] = job.report.notes
     return response
 
 

@@ -240,7 +240,10 @@ def to_status(job: Job, urls: QueueUrls, position: int | None, with_logs: bool) 
     if job.status is JobStatus.RUNNING:
         return QueueStatus(status="IN_PROGRESS", logs=logs, **base)
     error = error_type = None
-    if job.status not in (JobStatus.SUCCEEDED, JobStatus.CONTENT_MODERATED):
+    if job.status is JobStatus.REQUEST_MODERATED:  # as the result endpoint's 422 says
+        error_type = "content_policy_violation"
+        error = job.error_message or "The request was refused by the content policy."
+    elif job.status not in (JobStatus.SUCCEEDED, JobStatus.CONTENT_MODERATED):
         error_type = job.error_code or job.status.value
         error = job.error_message or "The request did not complete."
     return QueueStatus(

@@ -253,6 +253,16 @@ def to_edit_request(
     return request, prepared
 
 
+def refused_param(job: Job) -> str | None:
+    """The field a content-policy refusal is about: the prompt, an input image, or none
+    (every output was blocked)."""
+    refused = [v["point"] for v in job.report.verdicts if not v["allowed"]]
+    point = refused[0] if refused else "prompt"
+    if point.startswith("input:"):
+        return "image"
+    return None if point.startswith("output:") else "prompt"
+
+
 def to_response(job: Job, urls: list[str] | None, images: list[bytes] | None) -> ImagesResponse:
     """``urls`` for response_format=url, else the image bytes for b64_json.
 

@@ -49,7 +49,9 @@ async def _answer(
         return openai_error(504, "The image was not ready in time.", code="timeout")
     if job.status in (JobStatus.REQUEST_MODERATED, JobStatus.CONTENT_MODERATED):
         message = job.error_message or "The request was refused by the content policy."
-        return openai_error(400, message, param="prompt", code="content_policy_violation")
+        return openai_error(
+            400, message, param=convert.refused_param(job), code="content_policy_violation"
+        )
     if job.status is not JobStatus.SUCCEEDED:
         return openai_error(500, job.error_message or "Generation failed.", code=job.error_code)
     if response_format == "url":
