@@ -187,7 +187,8 @@ class Worker:
             passed = index not in report.blocked_outputs
             if self.options.mark is not None and passed:
                 image = self.options.mark(image)
-            data = encode_image(image, fmt, metadata)
+            marked = self.options.mark is not None and passed
+            data = encode_image(image, fmt, metadata, full_chroma=marked)
             if self.options.sign is not None and passed:
                 data = self.options.sign(data, request)
             key = result_key(job.id, job.attempt, index, fmt.value)

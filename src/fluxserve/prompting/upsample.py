@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +20,9 @@ logger = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 2000  # a runaway answer is cut; FLUX reads at most 512 T5 tokens anyway
 MAX_NEW_TOKENS = 200
+# Runs chat calls so the caller can stop waiting at the deadline: httpx's timeout bounds
+# each read, and a backend that trickles its answer would otherwise hold the job.
+_CALLS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upsampler")
 
 
 class UpsamplingFailed(Exception):
@@ -36,7 +41,7 @@ def system_prompt() -> str:
 
 def clean(answer: str) -> str:
     """The model's answer as a prompt: trimmed, unquoted, one paragraph, bounded."""
-    text = answer.strip().split("\n\n")[0].strip().strip('"').strip()
+    text = answer.strip().split("\n\n")[0].strip().strip('"“”').strip()
     if not text:
         raise UpsamplingFailed("the rewriter answered with an empty prompt")
     return text[:MAX_PROMPT_CHARS]
@@ -52,6 +57,14 @@ class ChatUpsampler:
         self.name = f"{self.url} ({self.model})"
 
     def rewrite(self, prompt: str) -> str:
+        """The rewrite, within ``timeout`` seconds in all (a late answer is dropped)."""
+        call = _CALLS.submit(self._call, prompt)
+        try:
+            return call.result(timeout=self.timeout)
+        except FutureTimeout:
+            raise UpsamplingFailed(f"the rewriter did not answer within {self.timeout} s") from None
+
+    def _call(self, prompt: str) -> str:
         body = {
             "model": self.model,
             "messages": [

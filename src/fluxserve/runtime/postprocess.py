@@ -44,8 +44,14 @@ def generation_metadata(request: GenerationRequest, include_prompt: bool) -> dic
     return meta
 
 
-def encode_image(image: Image.Image, fmt: OutputFormat, metadata: dict[str, object]) -> bytes:
-    """The image file in ``fmt``, carrying ``metadata`` (PNG text chunks, or EXIF)."""
+def encode_image(
+    image: Image.Image, fmt: OutputFormat, metadata: dict[str, object], full_chroma: bool = False
+) -> bytes:
+    """The image file in ``fmt``, carrying ``metadata`` (PNG text chunks, or EXIF).
+
+    ``full_chroma`` keeps JPEG's colour at full resolution (4:4:4, larger files): the
+    invisible watermark lives in a colour channel that 4:2:0 subsampling would erase.
+    """
     buffer = io.BytesIO()
     software = f"fluxserve {__version__}"
     if fmt is OutputFormat.PNG:
@@ -60,7 +66,10 @@ def encode_image(image: Image.Image, fmt: OutputFormat, metadata: dict[str, obje
         exif[EXIF_IMAGE_DESCRIPTION] = _exif_text(metadata)
         rgb = image.convert("RGB")
         if fmt is OutputFormat.JPEG:
-            rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY, exif=exif)
+            subsampling = 0 if full_chroma else -1  # -1: Pillow's default (4:2:0)
+            rgb.save(
+                buffer, format="JPEG", quality=JPEG_QUALITY, exif=exif, subsampling=subsampling
+            )
         else:
             rgb.save(buffer, format="WEBP", quality=WEBP_QUALITY, exif=exif)
     return buffer.getvalue()

@@ -1,7 +1,7 @@
 """An invisible watermark on outputs: invisible-watermark's DWT-DCT, as BFL's reference code.
 
 The mark is 48 bits (the bytes ``FLUXSV``); ``read_watermark`` decodes it back. It survives
-saving as PNG and high-quality JPEG; it is a provenance hint, not tamper-proof.
+saving as PNG; JPEG's and WebP's chroma subsampling mostly erase it. A provenance hint only.
 """
 
 from __future__ import annotations
