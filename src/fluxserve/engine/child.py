@@ -13,7 +13,7 @@ from fluxserve.config import Settings
 from fluxserve.engine.moderation import Moderation
 from fluxserve.engine.signals import Flag, Wakeup
 from fluxserve.engine.worker import Worker, WorkerOptions
-from fluxserve.prompting.upsample import build_upsampler
+from fluxserve.prompting.upsample import UpsamplingFailed, build_upsampler
 from fluxserve.runtime.provenance import c2pa_signer
 from fluxserve.runtime.watermark import watermarker
 from fluxserve.safety.setup import SafetySetup, build_checks
@@ -49,16 +49,21 @@ def run_worker(
     )
     runner.load()
     device = str(pick_device(settings.device))
-    moderation = Moderation(
-        build_checks(safety, settings, device),
-        build_upsampler(
-            settings.prompt_upsampler,
-            settings.prompt_upsampler_model,
-            settings.prompt_upsampler_timeout,
-            safety.upsampler_model,
-            device,
-        ),
+    checks = build_checks(safety, settings, device)
+    checks.load()
+    upsampler = build_upsampler(
+        settings.prompt_upsampler,
+        settings.prompt_upsampler_model,
+        settings.prompt_upsampler_timeout,
+        safety.upsampler_model,
+        device,
     )
+    if upsampler is not None:
+        try:
+            upsampler.load()
+        except UpsamplingFailed as exc:  # each job then says so in its notes
+            logger.error("prompt upsampler %s unavailable: %s", upsampler.name, exc)
+    moderation = Moderation(checks, upsampler)
     ready.set()
     options = WorkerOptions(
         worker_id,

@@ -32,6 +32,10 @@ class UpsamplingFailed(Exception):
 class Upsampler(Protocol):
     name: str
 
+    def load(self) -> None:
+        """Get ready before the first job (may raise UpsamplingFailed)."""
+        ...
+
     def rewrite(self, prompt: str) -> str: ...
 
 
@@ -55,6 +59,9 @@ class ChatUpsampler:
         self.model = model or "default"
         self.timeout = timeout
         self.name = f"{self.url} ({self.model})"
+
+    def load(self) -> None:
+        """Nothing to load: the endpoint is asked per job."""
 
     def rewrite(self, prompt: str) -> str:
         """The rewrite, within ``timeout`` seconds in all (a late answer is dropped)."""
@@ -98,6 +105,9 @@ class LocalUpsampler:
         self._model: Any = None
         self._tokenizer: Any = None
         self._lock = threading.Lock()
+
+    def load(self) -> None:
+        self._load()
 
     def _load(self) -> None:
         with self._lock:

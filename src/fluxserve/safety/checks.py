@@ -34,6 +34,12 @@ class SafetyChecks:
             return allowed("none")
         return self.image_classifier.check(image, tolerance)
 
+    def load(self) -> None:
+        """Load the classifiers, so a missing or broken one stops the worker at start."""
+        for classifier in (self.prompt_classifier, self.image_classifier):
+            if classifier is not None:
+                classifier.load()
+
     @property
     def checks_images(self) -> bool:
         return self.image_classifier is not None

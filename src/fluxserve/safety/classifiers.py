@@ -38,6 +38,10 @@ class Classifier:
         self._pipeline: Any = None
         self._lock = threading.Lock()
 
+    def load(self) -> None:
+        """Load now (the worker does, before it says it is ready) rather than on first use."""
+        self._load()
+
     def _load(self) -> Any:
         with self._lock:
             if self._pipeline is None:
