@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from fluxserve.backends import open_storage, open_store
 from fluxserve.config import Settings
 from fluxserve.errors import ConfigurationError, DataDirLocked
 from fluxserve.imageinput import ImageReader
@@ -22,8 +23,8 @@ from fluxserve.jobs.service import JobService
 from fluxserve.safety.policy import SafetyPolicy
 from fluxserve.safety.setup import SafetySetup, resolve_safety
 from fluxserve.safety.terms import load_terms
-from fluxserve.storage.local import LocalStorage
-from fluxserve.store.sqlite import SqliteJobStore
+from fluxserve.storage.base import BlobStorage
+from fluxserve.store.sql import SqlJobStore
 from fluxserve.weights import ResolvedModel, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ def lock_data_dir(settings: Settings) -> IO[str]:
 class Services:
     settings: Settings
     models: dict[str, ResolvedModel]
-    store: SqliteJobStore
-    storage: LocalStorage
+    store: SqlJobStore
+    storage: BlobStorage
     router: ModelRouter
     safety: SafetySetup = field(default_factory=SafetySetup)
     workers: Any = None  # engine.pool.WorkerPool, imported lazily
@@ -71,12 +72,15 @@ class Services:
 
     def start(self) -> None:
         """Recover jobs left running by a previous server, then start the workers."""
-        self._lock = self._lock or lock_data_dir(self.settings)
-        # Only this server uses this SQLite file (the lock above), so every job still
-        # marked running lost its worker when the last server stopped.
-        if self.store.expire_all_leases():
-            for job in self.store.requeue_expired(self.settings.max_attempts):
-                logger.warning("job %s left by the last server -> %s", job.id, job.status.value)
+        if not self.store.shared:
+            self._lock = self._lock or lock_data_dir(self.settings)
+            # Only this server uses this SQLite file (the lock above), so every job still
+            # marked running lost its worker when the last server stopped. (A shared
+            # store's running jobs may belong to live workers elsewhere: their leases say.)
+            if self.store.expire_all_leases():
+                for job in self.store.requeue_expired(self.settings.max_attempts):
+                    logger.warning("job %s left by the last server -> %s", job.id,
+                                   job.status.value)  # fmt: skip
         for model, count in self.store.queued_counts().items():
             if model not in self.models:
                 logger.warning(
@@ -87,9 +91,10 @@ class Services:
         from fluxserve.engine.pool import WorkerPool
 
         retention = self.settings.job_retention
+        # An API-only replica (--no-worker) still sweeps expired leases and purges old jobs.
         self.workers = WorkerPool(
             self.settings,
-            list(self.models.values()),
+            list(self.models.values()) if self.settings.worker else [],
             self.store,
             housekeeping=lambda: self.jobs.purge_ended(retention),
             safety=self.safety,
@@ -109,13 +114,17 @@ class Services:
             self.workers.notify()
 
     def is_ready(self) -> bool:
-        return self.workers is not None and self.workers.is_ready()
+        if self.workers is None:
+            return False
+        if not self.settings.worker:  # an API replica is ready when its database answers
+            return self.store.ping()
+        return self.workers.is_ready()
 
 
 def resolve_models(settings: Settings) -> dict[str, ResolvedModel]:
     models: dict[str, ResolvedModel] = {}
     for ref in settings.model:
-        resolved = resolve_model(ref, settings.models_dir)
+        resolved = resolve_model(ref, settings.models_dir, weights=settings.worker)
         if resolved.name in models:
             raise ConfigurationError(
                 f"--model {ref} and another --model both load a model named {resolved.name}; "
@@ -137,7 +146,8 @@ def build_services(settings: Settings, models: dict[str, ResolvedModel] | None =
         from fluxserve.runtime.provenance import c2pa_signer
 
         c2pa_signer(settings.c2pa_cert, settings.c2pa_key)  # fails now, in one sentence
-    safety = resolve_safety(settings, models.values())
-    store = SqliteJobStore(settings.database_path)
-    storage = LocalStorage(settings.results_dir, settings.data_dir / "url-secret")
+    # An API-only replica needs no classifier weights: the workers run the classifiers.
+    safety = resolve_safety(settings, models.values()) if settings.worker else SafetySetup()
+    store = open_store(settings)
+    storage = open_storage(settings)
     return Services(settings, models, store, storage, router, safety=safety)

@@ -40,6 +40,25 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Extra endpoint routes as NAME=MODEL, e.g. flux-pro-1.1=flux-dev.",
     )
+    database: str | None = Field(
+        None,
+        description="PostgreSQL URL of a job database shared by API replicas and workers "
+        "(postgresql://user:password@host/db); default: SQLite in the data dir.",
+    )
+    storage: str | None = Field(
+        None,
+        description="S3-compatible bucket for images, s3://bucket/prefix (credentials from "
+        "the usual AWS_* variables); default: the data dir, served at signed URLs.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="Endpoint of a non-AWS S3 store (MinIO, R2...): http(s)://host:port."
+    )
+    s3_region: str | None = Field(None, description="Region of the S3 bucket.")
+    worker: bool = Field(
+        True,
+        description="Run a worker in this server (--no-worker: an API-only replica; run "
+        "`fluxserve worker` on the GPU hosts).",
+    )
     host: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(8000, ge=0, le=65535, description="Port the HTTP server listens on.")
     data_dir: Path = Field(
@@ -171,6 +190,20 @@ class Settings(BaseSettings):
             if not sep or not name.strip() or not target.strip():
                 raise ValueError(f"alias {item!r} must look like NAME=MODEL")
         return aliases
+
+    @field_validator("database")
+    @classmethod
+    def _check_database(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql://", "postgres://", "postgresql+")):
+            raise ValueError("--database takes a PostgreSQL URL: postgresql://user@host/db")
+        return url
+
+    @field_validator("storage")
+    @classmethod
+    def _check_storage(cls, url: str | None) -> str | None:
+        if url is not None and (not url.startswith("s3://") or len(url) <= len("s3://")):
+            raise ValueError("--storage takes an S3 URL: s3://bucket or s3://bucket/prefix")
+        return url
 
     @model_validator(mode="after")
     def _check_c2pa(self) -> Settings:

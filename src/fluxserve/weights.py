@@ -86,11 +86,17 @@ def download_snapshot(
         ) from None
 
 
-def resolve_model(ref: str, models_dir: Path, *, allow_download: bool = True) -> ResolvedModel:
-    """Turn a ``--model`` value into a name, a spec and a local diffusers directory."""
+def resolve_model(
+    ref: str, models_dir: Path, *, allow_download: bool = True, weights: bool = True
+) -> ResolvedModel:
+    """Turn a ``--model`` value into a name, a spec and a local diffusers directory.
+
+    ``weights=False`` (an API-only replica) resolves the name and spec without fetching
+    anything: the workers on the GPU hosts hold the weights.
+    """
     if ref in MODEL_SPECS:
         spec = MODEL_SPECS[ref]
-        if spec.builtin:
+        if spec.builtin or not weights:
             return ResolvedModel(ref, spec, models_dir / ref)
         path = download_snapshot(spec.source, allow_download=allow_download)
         return ResolvedModel(ref, spec, path)
@@ -103,6 +109,9 @@ def resolve_model(ref: str, models_dir: Path, *, allow_download: bool = True) ->
             )
         name = local.resolve().name
         return ResolvedModel(name, infer_spec(name, local.resolve()), local.resolve())
+    if ref.count("/") == 1 and not ref.startswith((".", "/")) and not weights:
+        spec = spec_for_source(ref) or infer_spec(ref, None)
+        return ResolvedModel(spec.name, spec, Path(ref))
     if ref.count("/") == 1 and not ref.startswith((".", "/")):
         path = download_snapshot(ref, allow_download=allow_download)
         spec = spec_for_source(ref) or infer_spec(ref, path)

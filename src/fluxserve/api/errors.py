@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 
 from fluxserve.errors import (
     ConfigurationError,
@@ -142,6 +143,28 @@ async def handle_fluxserve_error(request: Request, exc: Exception) -> JSONRespon
     return JSONResponse(error_body(message), status_code=status)
 
 
+DATABASE_DOWN = "The job database is unavailable for a moment; retry shortly."
+RETRY_AFTER_SECONDS = 5
+
+
+async def handle_database_error(request: Request, exc: Exception) -> JSONResponse:
+    """The job database is down or restarting: 503 with Retry-After, never a hang or a
+    traceback. (Connections are checked before use, so the next request reconnects.)"""
+    logger.warning("job database unavailable: %s", type(exc).__name__)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    dialect = dialect_of(request.url.path)
+    if dialect == "openai":
+        response = openai_error(503, DATABASE_DOWN, code="database_unavailable")
+        response.headers.update(headers)
+        return response
+    if dialect == "fal":
+        body = {"detail": DATABASE_DOWN, "error_type": "database_unavailable"}
+        headers["X-Fal-Error-Type"] = "database_unavailable"
+        return JSONResponse(body, status_code=503, headers=headers)
+    return JSONResponse(error_body(DATABASE_DOWN), status_code=503, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DBAPIError, handle_database_error)
     app.add_exception_handler(FluxserveError, handle_fluxserve_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)

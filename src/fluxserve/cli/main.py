@@ -1,4 +1,4 @@
-"""The ``fluxserve`` command: serve, generate, models.
+"""The ``fluxserve`` command: serve, worker, generate, models.
 
 Flags map one to one onto Settings fields; a flag left out falls back to the
 FLUXSERVE_<FIELD> environment variable, then to the default.
@@ -25,12 +25,16 @@ def _settings_flags(parser: argparse.ArgumentParser, *names: str) -> None:
         help_text = f"{fields[name].description} [env FLUXSERVE_{name.upper()}]"
         if name in ("model", "alias"):
             parser.add_argument(flag, action="append", default=None, help=help_text)
-        elif name == "metadata_prompt":
+        elif fields[name].annotation is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
         else:
             parser.add_argument(flag, default=None, help=help_text)
+
+
+# Settings a worker has no use for: it serves no HTTP.
+HTTP_ONLY = {"host", "port", "tls_cert", "tls_key", "public_url", "alias", "worker"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="Run the HTTP server and its GPU workers.")
     _settings_flags(serve, *Settings.model_fields)  # serve takes every setting
+
+    worker = commands.add_parser(
+        "worker", help="Run a GPU worker for a cluster (PostgreSQL job store), no HTTP."
+    )
+    _settings_flags(worker, *(name for name in Settings.model_fields if name not in HTTP_ONLY))
 
     generate = commands.add_parser("generate", help="Make one image in this process.")
     generate.add_argument("prompt", help="What to draw.")
@@ -80,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
             from fluxserve.cli.serve import serve
 
             return serve(settings_from(args))
+        if args.command == "worker":
+            from fluxserve.cli.worker import worker
+
+            return worker(settings_from(args))
         if args.command == "generate":
             from fluxserve.cli.generate import generate
 

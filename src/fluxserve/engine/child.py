@@ -34,13 +34,16 @@ def run_worker(
     ready: Flag,
 ) -> None:
     """Load ``models`` and process their jobs until ``stop`` is set."""
+    from fluxserve.backends import open_storage, open_store
     from fluxserve.runtime.device import pick_device
     from fluxserve.runtime.diffusers_runner import FluxRunner  # torch stays out of the API
-    from fluxserve.storage.local import LocalStorage
-    from fluxserve.store.sqlite import SqliteJobStore
 
-    store = SqliteJobStore(settings.database_path)
-    storage = LocalStorage(settings.results_dir, settings.data_dir / "url-secret")
+    store = open_store(settings, migrate=False)  # the server migrated it before starting us
+    storage = open_storage(settings)
+    # On a shared store (PostgreSQL), jobs queued by other hosts wake this worker too.
+    threading.Thread(
+        target=store.listen, args=(wake.set, stop.is_set), name="job-listener", daemon=True
+    ).start()
     runner = FluxRunner(
         models,
         device=settings.device,
@@ -71,6 +74,7 @@ def run_worker(
         settings.metadata_prompt,
         mark=watermarker() if settings.watermark else None,
         sign=c2pa_signer(settings.c2pa_cert, settings.c2pa_key) if settings.c2pa_cert else None,
+        max_attempts=settings.max_attempts,
     )
     try:
         Worker(store, storage, runner, options, wake, stop, moderation).run()

@@ -8,6 +8,7 @@ A failing job is marked Error and the loop goes on; nothing a job does ends the 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import time
@@ -16,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from PIL import Image
+from sqlalchemy.exc import DBAPIError as DatabaseError
 
 from fluxserve.domain import GenerationRequest, Job, JobReport, JobStatus
 from fluxserve.engine.lease import LeaseKeeper
 from fluxserve.engine.moderation import Moderation
-from fluxserve.errors import GenerationCancelled
+from fluxserve.errors import GenerationCancelled, StorageError
 from fluxserve.runtime.base import GenerationInputs, Runner
 from fluxserve.runtime.postprocess import encode_image, generation_metadata
 from fluxserve.safety.checks import SafetyChecks
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 PROGRESS_WRITE_INTERVAL = 0.05  # seconds; bounds database writes for very fast steps
 CANCEL_CHECK_INTERVAL = 0.02  # seconds; bounds database reads for very fast steps
 IDLE_RECHECK = 5.0  # seconds; a safety net only: pickup is woken by the submit event
+OUTAGE_BACKOFF = (0.5, 10.0)  # seconds: first and longest wait while the database is down
+FINISH_RETRIES = 5  # tries at writing a finished job's outcome through a database blip
 
 
 class WakeLike(Protocol):
@@ -51,6 +55,7 @@ class WorkerOptions:
     mark: Callable[[Image.Image], Image.Image] | None = None
     # Embeds a signed C2PA manifest in every encoded output that passed its check, or None.
     sign: Callable[[bytes, GenerationRequest], bytes] | None = None
+    max_attempts: int = 2  # a job whose images cannot be stored is retried up to this
 
 
 @dataclass
@@ -91,11 +96,21 @@ class Worker:
     def run(self) -> None:
         """Process jobs until ``stop`` is set; the current job is finished first."""
         logger.info("worker %s serving %s", self.options.worker_id, self.runner.name)
+        backoff = OUTAGE_BACKOFF[0]
         try:
             while not self.stop.is_set():
+                try:
+                    claimed = self.run_once()
+                except DatabaseError as exc:  # the database is down or restarting
+                    logger.warning("job database unavailable (%s); retrying in %.1f s",
+                                   type(exc).__name__, backoff)  # fmt: skip
+                    self.wake.wait(backoff)
+                    backoff = min(backoff * 2, OUTAGE_BACKOFF[1])
+                    continue
+                backoff = OUTAGE_BACKOFF[0]
                 # A submit that lands after a claim found the queue empty has set the
                 # wake-up, so the wait below returns at once: no wake-up is lost.
-                if not self.run_once():
+                if not claimed:
                     self.wake.wait(IDLE_RECHECK)
         finally:
             self.lease.close()
@@ -121,6 +136,9 @@ class Worker:
             elif self.store.cancel_running(job.id, job.attempt):
                 logger.info("job %s cancelled while running", job.id)
             return
+        except StorageError as exc:
+            self._storage_failed(job, exc)
+            return
         except Exception:
             logger.exception("job %s failed", job.id)
             self.store.fail(
@@ -134,11 +152,14 @@ class Worker:
         finally:
             self.lease.release()
         if outcome.refusal is not None:
-            if self.store.moderate(job.id, job.attempt, outcome.report, outcome.refusal):
+            if self._finish(self.store.moderate, job.id, job.attempt, outcome.report,
+                            outcome.refusal):  # fmt: skip
                 logger.info("job %s refused: %s", job.id, outcome.refusal)
             return
         status = outcome.status
-        if self.store.complete(job.id, job.attempt, outcome.keys, outcome.report, status):
+        if self._finish(
+            self.store.complete, job.id, job.attempt, outcome.keys, outcome.report, status
+        ):
             logger.info(
                 "job %s %s in %.1f ms (model %.1f ms)",
                 job.id,
@@ -148,6 +169,35 @@ class Worker:
             )
         else:
             logger.warning("job %s finished after its lease was lost; result dropped", job.id)
+
+    def _finish(self, write: Callable[..., bool], *args: object) -> bool:
+        """A job's final write, retried through a short database outage. If it never gets
+        through, the lease runs out and the job is run again: nothing is lost."""
+        delay = OUTAGE_BACKOFF[0]
+        for attempt in range(FINISH_RETRIES):
+            try:
+                return write(*args)
+            except DatabaseError:
+                if attempt == FINISH_RETRIES - 1:
+                    logger.exception("could not record the end of job %s", args[0])
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, OUTAGE_BACKOFF[1])
+        return False
+
+    def _storage_failed(self, job: Job, exc: StorageError) -> None:
+        """Images that cannot be stored: back to the queue (never Ready without an image),
+        and Error once the job has had its attempts."""
+        if job.attempt < self.options.max_attempts:
+            logger.warning("job %s: storage failed (%s); back in the queue", job.id, exc)
+            self._finish(self.store.release, job.id, job.attempt)
+            return
+        logger.error("job %s: storage failed on its last attempt (%s)", job.id, exc)
+        self._finish(
+            self.store.fail, job.id, job.attempt, "storage_unavailable",
+            "The image could not be stored; the operator's log has the cause under job id "
+            f"{job.id}.",
+        )  # fmt: skip
 
     def _generate_and_store(self, job: Job) -> Outcome:
         # Counting from the start: a job shorter than the interval writes no progress.
@@ -159,7 +209,10 @@ class Worker:
             # The last step is not written: completing the job sets progress 1.0.
             if done < total and now - last_write >= PROGRESS_WRITE_INTERVAL:
                 last_write = now
-                self.store.set_progress(job.id, job.attempt, done / total)
+                try:
+                    self.store.set_progress(job.id, job.attempt, done / total)
+                except DatabaseError:  # progress is advisory: generation goes on
+                    logger.debug("progress of job %s not written", job.id)
 
         last_check, cancelled = 0.0, False
 
@@ -168,7 +221,8 @@ class Worker:
             now = time.monotonic()
             if not cancelled and now - last_check >= CANCEL_CHECK_INTERVAL:
                 last_check = now
-                cancelled = self.store.is_cancel_requested(job.id)
+                with contextlib.suppress(DatabaseError):  # asked again at the next step
+                    cancelled = self.store.is_cancel_requested(job.id)
             return cancelled or self.lease.lost
 
         inputs = self._read_inputs(job)

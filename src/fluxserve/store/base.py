@@ -7,6 +7,7 @@ old worker's late writes match no row.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from fluxserve.domain import Job, JobReport, JobStatus
@@ -78,6 +79,20 @@ class JobStore(Protocol):
 
     def purge_ended(self, finished_before: float, limit: int = 500) -> list[str]:
         """Delete jobs that ended before ``finished_before`` (at most ``limit``); their ids."""
+        ...
+
+    shared: bool  # other hosts' workers use it too (PostgreSQL)
+
+    def ping(self) -> bool:
+        """Whether the database answers."""
+        ...
+
+    def release(self, job_id: str, attempt: int) -> bool:
+        """Running -> queued, fenced by attempt: the worker could not finish the job."""
+        ...
+
+    def listen(self, on_wake: Callable[[], None], stop: Callable[[], bool]) -> None:
+        """Call ``on_wake`` when another process queues jobs, until ``stop()``."""
         ...
 
     def close(self) -> None: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -72,19 +73,34 @@ def row_to_job(row: Any) -> Job:
 class SqlJobStore:
     """JobStore on any SQLAlchemy engine whose dialect supports UPDATE ... RETURNING."""
 
+    # Whether workers of other processes and hosts share this store (PostgreSQL): then no
+    # one may assume a running job's worker is gone just because it restarted.
+    shared = False
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    def ping(self) -> bool:
+        """Whether the database answers (for readiness)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError:
+            return False
+        return True
+
+    def _announce(self, conn: sa.Connection) -> None:
+        """Tell idle workers elsewhere that jobs are queued (PostgreSQL: NOTIFY)."""
+
+    def listen(self, on_wake: Callable[[], None], stop: Callable[[], bool]) -> None:
+        """Call ``on_wake`` whenever another process queues jobs, until ``stop()``; returns
+        at once where wake-ups are in-process only (SQLite)."""
+
     def create_schema(self) -> None:
-        metadata.create_all(self.engine)
-        # Columns added after a table was first created (create_all leaves tables alone).
-        present = {c["name"] for c in sa.inspect(self.engine).get_columns("jobs")}
-        with self.engine.begin() as conn:
-            if "cancel_requested" not in present:
-                add = "ALTER TABLE jobs ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT FALSE"
-                conn.execute(sa.text(add))
-            if "report" not in present:
-                conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN report TEXT"))
+        """Migrate the database to the current schema (store/migrations)."""
+        from fluxserve.store.migrate import migrate
+
+        migrate(self.engine)
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -136,17 +152,23 @@ class SqlJobStore:
         }
         with self.engine.begin() as conn:
             seq = conn.execute(jobs.insert().values(**values).returning(jobs.c.seq)).scalar_one()
+            if job.status is JobStatus.QUEUED:
+                self._announce(conn)
         job.seq, job.created_at = seq, values["created_at"]
         return job
 
     def _claim_candidate(self, models: list[str]) -> sa.ScalarSelect:
-        return (
+        candidate = (
             sa.select(jobs.c.seq)
             .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.model.in_(models))
             .order_by(jobs.c.seq)
             .limit(1)
-            .scalar_subquery()
         )
+        if self.shared:
+            # Concurrent claimers skip rows another transaction holds rather than wait for
+            # it (and then find it taken): each claim takes the oldest free job.
+            candidate = candidate.with_for_update(skip_locked=True)
+        return candidate.scalar_subquery()
 
     def claim(self, worker_id: str, models: list[str], lease_seconds: float) -> Job | None:
         now = time.time()
@@ -208,6 +230,29 @@ class SqlJobStore:
             finished_at=time.time(),
             lease_expires_at=None,
         )
+
+    def release(self, job_id: str, attempt: int) -> bool:
+        """Put a running job back in the queue (its worker could not finish it, e.g. storage
+        was unreachable); the next claim is a new attempt."""
+        with self.engine.begin() as conn:
+            released = (
+                conn.execute(
+                    jobs.update()
+                    .where(
+                        jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.status == _RUNNING
+                    )
+                    .values(
+                        status=JobStatus.QUEUED.value,
+                        worker_id=None,
+                        lease_expires_at=None,
+                        progress=0.0,
+                    )
+                ).rowcount
+                == 1
+            )
+            if released:
+                self._announce(conn)
+        return released
 
     def moderate(self, job_id: str, attempt: int, report: JobReport, message: str) -> bool:
         """End a running job REQUEST_MODERATED: a check refused its prompt or an input."""
@@ -356,6 +401,8 @@ class SqlJobStore:
                 )
                 .returning(*jobs.c)
             ).all()
+            if requeued:
+                self._announce(conn)
         return [row_to_job(r) for r in (*cancelled, *failed, *requeued)]
 
     def purge_ended(self, finished_before: float, limit: int = 500) -> list[str]:

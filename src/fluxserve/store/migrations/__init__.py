@@ -1,0 +1,1 @@
+"""Alembic migrations of the job table, shared by the SQLite and PostgreSQL stores."""
