@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+S3_MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs live at most a week
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
@@ -204,6 +206,15 @@ class Settings(BaseSettings):
         if url is not None and (not url.startswith("s3://") or len(url) <= len("s3://")):
             raise ValueError("--storage takes an S3 URL: s3://bucket or s3://bucket/prefix")
         return url
+
+    @model_validator(mode="after")
+    def _check_presign_lifetime(self) -> Settings:
+        if self.storage and self.result_url_ttl > S3_MAX_PRESIGN_SECONDS:
+            raise ValueError(
+                f"--result-url-ttl is at most {S3_MAX_PRESIGN_SECONDS} s (7 days) with "
+                "--storage s3://...: S3 refuses longer presigned URLs"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_c2pa(self) -> Settings:

@@ -17,8 +17,13 @@ from fluxserve.errors import ConfigurationError, StorageError
 from fluxserve.storage.base import is_valid_key
 
 # Fail fast when the store is unreachable: the worker puts the job back and retries.
+# SigV4 throughout: without it botocore presigns with SigV2 (in us-east-1, or with no
+# region), which new AWS buckets and R2 refuse.
 CLIENT_CONFIG = Config(
-    connect_timeout=5, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"}
+    connect_timeout=5,
+    read_timeout=30,
+    retries={"max_attempts": 2, "mode": "standard"},
+    signature_version="s3v4",
 )
 
 
@@ -80,7 +85,14 @@ class S3Storage:
             for page in pages:
                 keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
                 if keys:
-                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+                    response = self.client.delete_objects(
+                        Bucket=self.bucket, Delete={"Objects": keys}
+                    )
+                    if response.get("Errors"):  # per-object failures come back, not raised
+                        first = response["Errors"][0]
+                        raise StorageError(
+                            f"could not delete {first.get('Key')}: {first.get('Message')}"
+                        )
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"could not delete {prefix}/: {exc}") from exc
 
