@@ -17,7 +17,9 @@ def serve(settings: Settings) -> int:
     from fluxserve.bootstrap import build_services, lock_data_dir
 
     configure_logging(settings.log_level)
-    lock = lock_data_dir(settings)  # fail before any download if another server runs here
+    # fail before any download if another server runs here; only the embedded SQLite
+    # store has one owner: cluster replicas (--database) share the data dir (local storage)
+    lock = None if settings.database else lock_data_dir(settings)
     try:
         services = build_services(settings)  # downloads missing weights, with a progress bar
         services._lock = lock
@@ -36,7 +38,8 @@ def serve(settings: Settings) -> int:
             ssl_keyfile=settings.tls_key,
         )
     finally:
-        lock.close()
+        if lock is not None:
+            lock.close()
     return 0
 
 
