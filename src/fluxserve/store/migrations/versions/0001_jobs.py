@@ -54,6 +54,8 @@ def upgrade() -> None:
         for name, make in COLUMNS_ADDED_LATER.items():
             if name not in present:
                 batch.add_column(make())
+    if "ix_jobs_claim" not in {index["name"] for index in inspector.get_indexes("jobs")}:
+        op.create_index("ix_jobs_claim", "jobs", ["status", "model", "seq"])
 
 
 def downgrade() -> None:
