@@ -5,8 +5,10 @@ with its own store connection and its own tiny FluxRunner) drain M jobs submitte
 ``JobService`` as fast as it can queue them. Reported per configuration:
 
 - jobs/s: M divided by the time from the first submit to the last completion;
-- submit->start p50/p95: how long a job waited in the queue before a worker claimed it
-  (``started_at - created_at``, both stamped by the job table).
+- backlog wait p50/p95: how long a job of that burst waited in the queue before a worker
+  claimed it (``started_at - created_at``, both stamped by the job table);
+- pickup p50/p95: the same wait for jobs submitted one at a time to idle workers (each
+  after the previous one finished): the latency a lone request sees.
 
 Workers are woken by an in-process event on submit (as in ``fluxserve serve``); in a
 cluster the wake-up arrives by PostgreSQL NOTIFY instead. The tiny model makes each job
@@ -43,6 +45,7 @@ from fluxserve.store.postgres import PostgresJobStore
 from fluxserve.store.sqlite import SqliteJobStore
 from fluxserve.weights import resolve_model
 
+PICKUP_JOBS = 40
 ADMIN = os.environ.get("FLUXSERVE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -69,6 +72,13 @@ def run(store_factory, runners, storage: Path, jobs: int) -> dict[str, float]:
             break
         time.sleep(0.01)
     elapsed = time.perf_counter() - started
+    pickups = []
+    for _ in range(PICKUP_JOBS):
+        job = service.submit(request)
+        while not (job := submitter.get(job.id)).status.is_terminal:
+            time.sleep(0.002)
+        pickups.append((job.started_at - job.created_at) * 1000)
+    pickups.sort()
     stop.set()
     wake.set()
     for thread in threads:
@@ -80,6 +90,8 @@ def run(store_factory, runners, storage: Path, jobs: int) -> dict[str, float]:
         "jobs_per_s": jobs / elapsed,
         "p50_ms": statistics.median(waits),
         "p95_ms": waits[int(len(waits) * 0.95) - 1],
+        "pickup_p50_ms": statistics.median(pickups),
+        "pickup_p95_ms": pickups[int(len(pickups) * 0.95) - 1],
     }
 
 
@@ -97,7 +109,8 @@ def main() -> None:
         runner.load()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"{args.jobs} jobs per run, tiny model 64x64, 1 step")  # fmt: skip
-    print(f"{'store':<10} {'workers':>7} {'jobs/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
+    print(f"{'store':<10} {'workers':>7} {'jobs/s':>8} {'backlog p50/p95 ms':>20} "
+          f"{'pickup p50/p95 ms':>18}")  # fmt: skip
     results = {}
     with psycopg.connect(ADMIN, autocommit=True) as admin:
         for count in counts:
@@ -115,8 +128,10 @@ def main() -> None:
                 if name == "postgres":
                     admin.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
                 results[(name, count)] = figures
-                print(f"{name:<10} {count:>7} {figures['jobs_per_s']:>8.1f} "
-                      f"{figures['p50_ms']:>8.1f} {figures['p95_ms']:>8.1f}")  # fmt: skip
+                backlog = f"{figures['p50_ms']:.0f} / {figures['p95_ms']:.0f}"
+                pickup = f"{figures['pickup_p50_ms']:.1f} / {figures['pickup_p95_ms']:.1f}"
+                print(f"{name:<10} {count:>7} {figures['jobs_per_s']:>8.1f} {backlog:>20} "
+                      f"{pickup:>18}")  # fmt: skip
     for count in counts:
         pg, lite = results[("postgres", count)], results[("sqlite", count)]
         print(f"{count} worker(s): postgres/sqlite throughput ratio "
