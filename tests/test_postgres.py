@@ -33,6 +33,8 @@ from tests.test_store import make_job
 
 WAKE_BOUND = 5.0  # seconds: how long a NOTIFY may take to wake a listener, generously
 
+HEAD_REVISION = "0002"  # the newest migration in store/migrations/versions
+
 
 @pytest.fixture
 def store(pg_url: str) -> Iterator[PostgresJobStore]:
@@ -410,7 +412,7 @@ def schema_of(url: str) -> tuple[set[str], list[str], set[str]]:
 def test_fresh_database_is_migrated_to_head(store, pg_url):
     columns, versions, indexes = schema_of(pg_url)
     assert columns == {c.name for c in metadata.tables["jobs"].columns}
-    assert versions == ["0001"]
+    assert versions == [HEAD_REVISION]
     assert "ix_jobs_claim" in indexes
     store.create(make_job("a"))
     reopened = PostgresJobStore(pg_url)  # migrating again is a no-op that keeps the jobs
@@ -418,7 +420,7 @@ def test_fresh_database_is_migrated_to_head(store, pg_url):
         assert reopened.get("a").status is JobStatus.QUEUED
     finally:
         reopened.close()
-    assert schema_of(pg_url)[1] == ["0001"]
+    assert schema_of(pg_url)[1] == [HEAD_REVISION]
 
 
 def test_stores_opened_at_once_on_an_empty_database_all_succeed(pg_url):
@@ -443,7 +445,7 @@ def test_stores_opened_at_once_on_an_empty_database_all_succeed(pg_url):
         assert not any(thread.is_alive() for thread in threads), "a migration hung"
         assert errors == []
         assert len(opened) == 4
-        assert schema_of(pg_url)[1] == ["0001"]
+        assert schema_of(pg_url)[1] == [HEAD_REVISION]
         opened[0].create(make_job("a"))
         assert opened[-1].get("a") is not None
     finally:
@@ -470,7 +472,7 @@ def test_old_jobs_table_is_upgraded_and_keeps_its_rows(pg_url):
     try:
         columns, versions, _ = schema_of(pg_url)
         assert {"cancel_requested", "report"} <= columns
-        assert versions == ["0001"]
+        assert versions == [HEAD_REVISION]
         kept = store.get("old")
         assert (kept.status, kept.created_at, kept.request) == (
             JobStatus.QUEUED,
@@ -622,3 +624,41 @@ def test_api_answers_503_while_the_database_refuses_and_recovers(
         )
         assert after.status_code == 200, after.text
         assert poll_result(client, after.json()["id"], timeout=30)["status"] == "Ready"
+
+
+def test_racing_batch_claimers_take_every_job_once_in_batches_of_at_most_the_limit(pg_url):
+    first = PostgresJobStore(pg_url)
+    stores = [first] + [PostgresJobStore(pg_url, migrate=False) for _ in range(5)]
+    try:
+        ids = [f"job-{i:03d}" for i in range(120)]
+        for job_id in ids:
+            first.create(make_job(job_id))  # one batch key for all
+        start = threading.Barrier(len(stores))
+        batches: list[list[str]] = []
+        errors: list[BaseException] = []
+
+        def claim_batches(index: int, store: PostgresJobStore) -> None:
+            try:
+                start.wait(10)
+                while batch := store.claim_batch(f"w{index}", ["tiny"], 30, limit=4):
+                    batches.append([job.id for job in batch])
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [
+            threading.Thread(target=claim_batches, args=(i, s), daemon=True)
+            for i, s in enumerate(stores)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not any(thread.is_alive() for thread in threads)
+        assert errors == []
+        assert all(1 <= len(batch) <= 4 for batch in batches)
+        every_claim = [job_id for batch in batches for job_id in batch]
+        assert sorted(every_claim) == ids  # each exactly once
+        assert all(batch == sorted(batch) for batch in batches)  # queue order within a batch
+    finally:
+        for store in stores:
+            store.close()

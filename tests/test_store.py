@@ -173,3 +173,34 @@ def test_schema_migration_adds_cancel_requested(tmp_path):
     migrated.create(make_job("a"))
     assert migrated.request_cancel("a") is JobStatus.CANCELLED
     migrated.close()
+
+
+def make_sized_job(job_id: str, width: int, model: str = "tiny", seed: int = 1) -> Job:
+    request = GenerationRequest(
+        model=model, prompt=f"p{seed}", width=width, height=256, steps=2, guidance=3.0, seed=seed
+    )
+    return Job(id=job_id, request=request)
+
+
+def test_claim_batch_gathers_queued_jobs_sharing_the_first_ones_key(store):
+    # Same key: same model, task, size, steps, guidance; prompts and seeds differ.
+    for index, width in enumerate([256, 512, 256, 256, 256]):
+        store.create(make_sized_job(f"j{index}", width, seed=index))
+    store.create(make_sized_job("other-model", 256, model="flux-dev"))
+    batch = store.claim_batch("w", ["tiny"], lease_seconds=30, limit=3)
+    assert [job.id for job in batch] == ["j0", "j2", "j3"]  # j1 is 512 wide: another batch
+    assert all(job.status is JobStatus.RUNNING and job.attempt == 1 for job in batch)
+    assert {job.worker_id for job in batch} == {"w"}
+    assert store.get("j1").status is JobStatus.QUEUED
+    assert store.get("j4").status is JobStatus.QUEUED  # past the limit
+    assert store.get("other-model").status is JobStatus.QUEUED
+    assert [job.id for job in store.claim_batch("w", ["tiny"], 30, limit=8)] == ["j1"]
+    assert [job.id for job in store.claim_batch("w", ["tiny"], 30, limit=8)] == ["j4"]
+    assert store.claim_batch("w", ["tiny"], 30, limit=8) == []
+
+
+def test_claim_batch_of_one_is_a_claim(store):
+    store.create(make_sized_job("a", 256))
+    store.create(make_sized_job("b", 256, seed=2))
+    assert [job.id for job in store.claim_batch("w", ["tiny"], 30, limit=1)] == ["a"]
+    assert store.get("b").status is JobStatus.QUEUED

@@ -91,6 +91,14 @@ class GenerationRequest:
         return cls(**values)
 
     @property
+    def batch_key(self) -> str:
+        """Jobs with equal keys can run as one batch: same model, task, size, steps,
+        guidance, strength and speed tier (prompts and seeds may differ)."""
+        parts = (self.model, self.task.value, f"{self.width}x{self.height}", self.steps,
+                 self.guidance, self.strength, self.acceleration)  # fmt: skip
+        return "|".join(str(part) for part in parts)
+
+    @property
     def blob_keys(self) -> list[str]:
         """The input blobs this request owns (deleted with its job)."""
         return [*self.input_keys, *([self.mask_key] if self.mask_key else [])]

@@ -32,6 +32,12 @@ class JobStore(Protocol):
         """Take the oldest queued job of one of ``models``; the job becomes running."""
         ...
 
+    def claim_batch(
+        self, worker_id: str, models: list[str], lease_seconds: float, limit: int
+    ) -> list[Job]:
+        """The oldest queued job and up to ``limit - 1`` queued jobs sharing its batch key."""
+        ...
+
     def heartbeat(self, job_id: str, attempt: int, lease_seconds: float) -> bool:
         """Extend the lease; False when the lease was lost (the job is not ours any more)."""
         ...

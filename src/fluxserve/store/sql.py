@@ -38,7 +38,10 @@ jobs = sa.Table(
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     # JSON: safety verdicts, the rewritten prompt, notes (domain.JobReport).
     sa.Column("report", sa.Text),
+    # GenerationRequest.batch_key: queued jobs that can share a batch (claim_batch).
+    sa.Column("batch_key", sa.String(400)),
     sa.Index("ix_jobs_claim", "status", "model", "seq"),
+    sa.Index("ix_jobs_batch", "status", "batch_key", "seq"),
 )
 
 _RUNNING = JobStatus.RUNNING.value
@@ -145,6 +148,7 @@ class SqlJobStore:
             "created_at": job.created_at or time.time(),
             "cancel_requested": False,
             "report": json.dumps(job.report.to_dict()),
+            "batch_key": job.request.batch_key,
             # A job refused before it was queued is created ended (request moderated).
             "finished_at": job.finished_at,
             "error_code": job.error_code,
@@ -189,6 +193,48 @@ class SqlJobStore:
         with self.engine.begin() as conn:
             row = conn.execute(stmt).first()
         return row_to_job(row) if row else None
+
+    def claim_batch(
+        self, worker_id: str, models: list[str], lease_seconds: float, limit: int
+    ) -> list[Job]:
+        """The oldest queued job of ``models`` and up to ``limit - 1`` more queued jobs that
+        share its batch key, in queue order, all claimed (each with its own lease)."""
+        first = self.claim(worker_id, models, lease_seconds)
+        if first is None or limit <= 1:
+            return [first] if first else []
+        companions = (
+            sa.select(jobs.c.seq)
+            .where(
+                jobs.c.status == JobStatus.QUEUED.value,
+                jobs.c.batch_key == first.request.batch_key,
+                jobs.c.model.in_(models),
+            )
+            .order_by(jobs.c.seq)
+            .limit(limit - 1)
+        )
+        if self.shared:
+            companions = companions.with_for_update(skip_locked=True)
+        # A CTE, not "seq IN (subquery)": PostgreSQL may run such a subquery again for
+        # each row it checks, and with SKIP LOCKED that claims more than ``limit``.
+        picked = companions.cte("picked")
+        now = time.time()
+        stmt = (
+            jobs.update()
+            .where(jobs.c.seq == picked.c.seq)
+            .where(jobs.c.status == JobStatus.QUEUED.value)
+            .values(
+                status=_RUNNING,
+                worker_id=worker_id,
+                attempt=jobs.c.attempt + 1,
+                lease_expires_at=now + lease_seconds,
+                started_at=now,
+                progress=0.0,
+            )
+            .returning(*jobs.c)
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(stmt).all()
+        return [first, *sorted((row_to_job(r) for r in rows), key=lambda job: job.seq or 0)]
 
     def _update_running(self, job_id: str, attempt: int, **values: Any) -> bool:
         stmt = (
