@@ -458,3 +458,55 @@ def test_soak_two_workers_two_replicas(cluster):
         f"{statistics.median(client):.2f} s, p95 {client[p95]:.2f} s; "
         f"jobs per worker {sorted(per_worker.values())}"
     )
+
+
+def _drop_connections(database_url: str, refuse: bool | None = None) -> None:
+    """Terminate every connection to the test database; optionally refuse new ones."""
+    import psycopg
+
+    from tests.conftest import POSTGRES_ADMIN_URL
+
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        if refuse is not None:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(not refuse).lower()}')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+
+
+def test_database_outage_under_load_everyone_reconnects(cluster):
+    """Connections dropped twice, then the database refusing connections for a while,
+    all while jobs run: requests during the outage get 503 + Retry-After (no hang), and
+    the API and the worker carry on afterwards; every accepted job ends Ready."""
+    c = cluster(lease=10)
+    api = c.api("api")
+    worker = c.worker("worker")
+    api.wait_ready()
+    worker.wait_child()
+    ids = [api.submit(seed=i, **SMALL) for i in range(15)]
+    wait_for(lambda: c.counts()["succeeded"] >= 1, 60, "a first job done")
+    c.store.close()  # the test's own connections go too; it reconnects on use
+    _drop_connections(c.database)
+    ids += [api.submit(seed=100 + i, **SMALL) for i in range(5)]  # the API reconnected
+    _drop_connections(c.database)
+    try:
+        _drop_connections(c.database, refuse=True)
+        started = time.monotonic()
+        response = api.http.post("/v1/flux-dev", json={"prompt": "x", **SMALL})
+        assert time.monotonic() - started < 25  # an answer, not a hang
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "5"
+        assert "database" in response.json()["detail"]
+        time.sleep(1.0)  # the worker meets the outage too
+    finally:
+        _drop_connections(c.database, refuse=False)
+    ids += [api.submit(seed=200 + i, **SMALL) for i in range(5)]
+    for job_id in ids:
+        body = wait_for(lambda j=job_id: (b := api.result(j))["status"] != "Pending" and b,
+                        120, f"job {job_id}")  # fmt: skip
+        assert body["status"] == "Ready", body
+    rows = {row["id"]: row for row in c.rows()}
+    assert sorted(rows) == sorted(ids)  # the refused submit left no job behind
+    assert all(row["status"] == "succeeded" for row in rows.values())
+    assert Counter(job_done_lines(worker.log())) == Counter(ids)  # each completed once
