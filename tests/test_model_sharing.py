@@ -107,3 +107,64 @@ def test_on_demand_loads_a_model_with_its_first_job(tiny_model_dir, tiny_kontext
     (image,) = runner.generate(request, GenerationInputs(), lambda *_: None, lambda: False)
     assert image.size == (64, 64)
     assert list(runner.pipelines) == [tiny_kontext_dir.name]  # the other is still not loaded
+
+
+@pytest.fixture(scope="module")
+def uncached_runner(tiny_model_dir, tiny_kontext_dir, tiny_fill_dir) -> FluxRunner:
+    runner = FluxRunner(
+        [resolved(d) for d in (tiny_model_dir, tiny_kontext_dir, tiny_fill_dir)],
+        prompt_cache_bytes=0,
+    )
+    runner.load()
+    return runner
+
+
+def _images(runner: FluxRunner, request: GenerationRequest, inputs: GenerationInputs) -> list:
+    return [
+        img.tobytes() for img in runner.generate(request, inputs, lambda *_: None, lambda: False)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model", "task", "num_images"),
+    [("tiny", Task.TEXT_TO_IMAGE, 1), ("tiny", Task.TEXT_TO_IMAGE, 2),
+     ("tiny", Task.IMAGE_TO_IMAGE, 1), ("tiny-kontext", Task.EDIT, 2),
+     ("tiny-fill", Task.FILL, 1)],
+)  # fmt: skip
+def test_cached_prompt_embeddings_give_the_same_images(
+    runner, uncached_runner, model, task, num_images
+):
+    start = Image.new("RGB", (64, 64), (200, 30, 30))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    inputs = GenerationInputs(images=[] if task is Task.TEXT_TO_IMAGE else [start], mask=mask)
+    request = GenerationRequest(
+        model=model, prompt=f"a red fox {task.value} x{num_images}", width=64, height=64, steps=2,
+        guidance=3.0, seed=11, task=task, num_images=num_images,
+        strength=0.5 if task is Task.IMAGE_TO_IMAGE else None,
+    )  # fmt: skip
+    hits = runner.prompt_cache.hits
+    first = _images(runner, request, inputs)
+    again = _images(runner, request, inputs)  # the prompt is cached now
+    assert runner.prompt_cache.hits == hits + 1
+    assert len(first) == num_images
+    assert first == again == _images(uncached_runner, request, inputs)
+
+
+def test_the_prompt_cache_is_bounded_and_evicts_the_least_recent():
+    import torch
+
+    from fluxserve.runtime.prompt_cache import PromptCache
+
+    entry = (torch.zeros(1, 4, 8), torch.zeros(1, 8))  # 160 bytes
+    cache = PromptCache(max_bytes=400)
+    for key in ("a", "b", "c"):
+        cache.get(key, lambda: entry)
+    assert len(cache) == 2  # "a" went
+    assert cache.bytes <= 400
+    calls = []
+    cache.get("a", lambda: calls.append(1) or entry)
+    assert calls == [1]  # a miss: it was evicted
+    cache.get("c", lambda: calls.append(2) or entry)
+    assert calls == [1]  # a hit
+    assert PromptCache(max_bytes=10).get("big", lambda: entry) is entry  # too big: not kept

@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         description="Load every model when the worker starts, or each one when its first "
         "job arrives (on-demand: a quick start, a slow first job per model).",
     )
+    prompt_cache_mb: int = Field(
+        256,
+        ge=0,
+        description="Device memory (MB) for cached prompt embeddings: a repeated prompt skips "
+        "the text encoders. 0 turns the cache off.",
+    )
     job_retention: float = Field(
         86400.0,
         gt=0,

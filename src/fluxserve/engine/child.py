@@ -49,6 +49,7 @@ def run_worker(
         device=settings.device,
         threads=settings.torch_threads,
         on_demand=settings.load_models == "on-demand",
+        prompt_cache_bytes=settings.prompt_cache_mb * 1024 * 1024,
     )
     runner.load()
     device = str(pick_device(settings.device))

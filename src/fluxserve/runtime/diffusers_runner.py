@@ -27,6 +27,7 @@ from fluxserve.errors import GenerationCancelled, ModelLoadError
 from fluxserve.imageops import reference_sheet
 from fluxserve.runtime.base import GenerationInputs, OnStep, ShouldStop
 from fluxserve.runtime.device import configure_threads, pick_device, pick_dtype
+from fluxserve.runtime.prompt_cache import PromptCache
 from fluxserve.specs import ModelKind
 from fluxserve.weights import ResolvedModel, component_fingerprint
 
@@ -48,8 +49,10 @@ class FluxRunner:
         device: str = "auto",
         threads: int | None = None,
         on_demand: bool = False,
+        prompt_cache_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.models = {model.name: model for model in models}
+        self.prompt_cache = PromptCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
         self.on_demand = on_demand  # load each model when its first job arrives
         self.model_names = list(self.models)
         self.name = ", ".join(self.model_names)
@@ -160,14 +163,15 @@ class FluxRunner:
         # Noise from a seeded CPU generator: the same seed gives the same image on any device.
         generator = torch.Generator("cpu").manual_seed(request.seed)
         arguments = {
-            "prompt": request.prompt,
+            **self._prompt_arguments(
+                pipeline, request.prompt, spec.max_sequence_length, request.num_images
+            ),  # fmt: skip
             "width": request.width,
             "height": request.height,
             "num_inference_steps": request.steps,
             # schnell ignores guidance; the pipeline needs a number anyway.
             "guidance_scale": request.guidance if request.guidance is not None else 0.0,
             "max_sequence_length": spec.max_sequence_length,
-            "num_images_per_prompt": request.num_images,  # one batch, noise from one seed
             "generator": generator,
             "callback_on_step_end": step_end,
         }
@@ -179,6 +183,36 @@ class FluxRunner:
         if cancelled:
             raise GenerationCancelled("generation stopped before its last step")
         return list(output.images)
+
+    def _prompt_arguments(
+        self, pipeline: Any, prompt: str, max_sequence_length: int, num_images: int
+    ) -> dict[str, Any]:
+        """The prompt, or its embeddings from the cache (computed once per prompt)."""
+        if self.prompt_cache is None:
+            # One batch of ``num_images``, all noise drawn from the request's one seed.
+            return {"prompt": prompt, "num_images_per_prompt": num_images}
+        key = (id(pipeline.text_encoder), id(pipeline.text_encoder_2), prompt,
+               max_sequence_length)  # fmt: skip
+
+        def encode() -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.inference_mode():
+                embeds, pooled, _ = pipeline.encode_prompt(
+                    prompt=prompt,
+                    prompt_2=None,
+                    device=pipeline._execution_device,
+                    num_images_per_prompt=1,
+                    max_sequence_length=max_sequence_length,
+                )
+            return embeds, pooled
+
+        embeds, pooled = self.prompt_cache.get(key, encode)
+        # The batch of ``num_images`` as the pipeline would build it: the same embeddings
+        # repeated, and the noise of all images drawn from the one seeded generator.
+        return {
+            "prompt_embeds": embeds.repeat(num_images, 1, 1),
+            "pooled_prompt_embeds": pooled.repeat(num_images, 1),
+            "num_images_per_prompt": 1,
+        }
 
 
 def task_arguments(
