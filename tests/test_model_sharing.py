@@ -168,3 +168,35 @@ def test_the_prompt_cache_is_bounded_and_evicts_the_least_recent():
     cache.get("c", lambda: calls.append(2) or entry)
     assert calls == [1]  # a hit
     assert PromptCache(max_bytes=10).get("big", lambda: entry) is entry  # too big: not kept
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_batch_gives_each_request_its_solo_image(runner, uncached_runner, cached):
+    import numpy as np
+
+    chosen = runner if cached else uncached_runner
+    requests = [
+        GenerationRequest(
+            model="tiny", prompt=prompt, width=64, height=64, steps=2, guidance=3.0, seed=seed
+        )  # fmt: skip
+        for prompt, seed in (("a red fox", 1), ("a blue whale", 2), ("a red fox", 3))
+    ]
+    steps = []
+    batch = chosen.generate_batch(requests, lambda d, t: steps.append((d, t)), lambda: False)
+    assert len(batch) == 3
+    assert steps == [(1, 2), (2, 2)]  # one denoising loop for the whole batch
+    for request, image in zip(requests, batch, strict=True):
+        (solo,) = chosen.generate(request, GenerationInputs(), lambda *_: None, lambda: False)
+        difference = np.abs(np.asarray(image, np.int16) - np.asarray(solo, np.int16))
+        assert difference.max() <= 2, (request.seed, difference.max())  # float tolerance
+    # Different seeds and prompts make different images: the batch is not one image thrice.
+    assert batch[0].tobytes() != batch[2].tobytes() != batch[1].tobytes()
+
+
+def test_a_batch_refuses_requests_of_different_keys(runner):
+    small = GenerationRequest(model="tiny", prompt="x", width=64, height=64, steps=2,
+                              guidance=3.0, seed=1)  # fmt: skip
+    large = GenerationRequest(model="tiny", prompt="x", width=128, height=64, steps=2,
+                              guidance=3.0, seed=1)  # fmt: skip
+    with pytest.raises(ValueError, match="batch key"):
+        runner.generate_batch([small, large], lambda *_: None, lambda: False)

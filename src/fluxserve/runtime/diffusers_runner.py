@@ -184,6 +184,60 @@ class FluxRunner:
             raise GenerationCancelled("generation stopped before its last step")
         return list(output.images)
 
+    def generate_batch(
+        self, requests: list[GenerationRequest], on_step: OnStep, should_stop: ShouldStop
+    ) -> list[Image.Image]:
+        """One image per request, made as one batch: each keeps its prompt and its seed's
+        noise, so each image matches its solo image within float tolerance.
+
+        The requests share a batch key (model, task, size, steps, guidance) and are
+        single-image text-to-image requests (``engine.batcher.batchable``).
+        """
+        first = requests[0]
+        if any(r.batch_key != first.batch_key or r.num_images != 1 for r in requests):
+            raise ValueError("a batch takes single-image requests that share a batch key")
+        pipeline = self._pipeline_for(first)
+        spec = self.models[first.model].spec
+        cancelled = False
+
+        def step_end(pipe, step: int, _timestep, callback_kwargs):
+            nonlocal cancelled
+            on_step(step + 1, pipe.num_timesteps or first.steps)
+            if should_stop():
+                cancelled = True
+                pipe._interrupt = True
+            return callback_kwargs
+
+        prompts = [
+            self._prompt_arguments(pipeline, r.prompt, spec.max_sequence_length, 1)
+            for r in requests
+        ]
+        if "prompt" in prompts[0]:  # no cache: the pipeline encodes the list itself
+            texts: dict[str, Any] = {"prompt": [r.prompt for r in requests]}
+        else:
+            texts = {
+                "prompt_embeds": torch.cat([p["prompt_embeds"] for p in prompts]),
+                "pooled_prompt_embeds": torch.cat([p["pooled_prompt_embeds"] for p in prompts]),
+            }
+        # A generator per image: image i's noise is exactly its solo noise.
+        generators = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
+        with torch.inference_mode():
+            output = pipeline(
+                **texts,
+                num_images_per_prompt=1,
+                width=first.width,
+                height=first.height,
+                num_inference_steps=first.steps,
+                guidance_scale=first.guidance if first.guidance is not None else 0.0,
+                max_sequence_length=spec.max_sequence_length,
+                generator=generators,
+                callback_on_step_end=step_end,
+                **(kontext_area(first) if spec.kind is ModelKind.KONTEXT else {}),
+            )
+        if cancelled:
+            raise GenerationCancelled("generation stopped before its last step")
+        return list(output.images)
+
     def _prompt_arguments(
         self, pipeline: Any, prompt: str, max_sequence_length: int, num_images: int
     ) -> dict[str, Any]:
