@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import time
 
 import pytest
+from PIL import Image
 
 from fluxserve.domain import GenerationRequest, Job, JobStatus, OutputFormat
 from fluxserve.engine.lease import LeaseKeeper
@@ -171,3 +174,41 @@ def test_lease_keeper_heartbeats_and_notices_loss(parts):
 
 class FluxRunnerName:
     name = "tiny"
+
+
+def test_a_batch_runs_jobs_sharing_a_key_together_each_with_its_own_image(parts, runner):
+    import numpy as np
+
+    from fluxserve.engine.batcher import BatchPolicy
+    from fluxserve.engine.moderation import Moderation
+    from fluxserve.runtime.base import GenerationInputs
+    from fluxserve.safety.checks import SafetyChecks
+    from fluxserve.safety.terms import TermList
+
+    store, storage = parts
+    small = [request(runner, seed=s, prompt=p, steps=2)
+             for s, p in ((1, "a fox"), (2, "a dragon"), (3, "an owl"))]  # fmt: skip
+    other = dataclasses.replace(small[0], width=128, height=128)  # another batch key
+    for index, req in enumerate([*small, other]):
+        store.create(Job(id=f"job-{index}", request=req))
+    options = WorkerOptions(worker_id="w", lease_seconds=30, batch=BatchPolicy(max_size=4))
+    refusing = Moderation(SafetyChecks(terms=TermList(["dragon"])))
+    worker = Worker(store, storage, runner, options, Wakeup(), Flag(), refusing)
+    try:
+        assert worker.run_once()  # job-0..2 as one batch (job-1 refused), not job-3
+        assert store.get("job-3").status is JobStatus.QUEUED
+        assert worker.run_once()
+    finally:
+        worker.lease.close()
+    done = [store.get(f"job-{i}") for i in range(4)]
+    assert [job.status for job in done] == [
+        JobStatus.SUCCEEDED, JobStatus.REQUEST_MODERATED, JobStatus.SUCCEEDED,
+        JobStatus.SUCCEEDED,
+    ]  # fmt: skip
+    # Claimed together: the third job started before the first one finished.
+    assert done[2].started_at < done[0].finished_at
+    for job in (done[0], done[2]):
+        (solo,) = runner.generate(job.request, GenerationInputs(), lambda *_: None, lambda: False)
+        stored = Image.open(io.BytesIO(storage.get(job.result_keys[0])))
+        difference = np.abs(np.asarray(stored, np.int16) - np.asarray(solo, np.int16))
+        assert difference.max() <= 2  # each image is its solo image, within float tolerance

@@ -109,6 +109,19 @@ class Settings(BaseSettings):
         description="Load every model when the worker starts, or each one when its first "
         "job arrives (on-demand: a quick start, a slow first job per model).",
     )
+    max_batch_size: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Run up to this many queued single-image text-to-image jobs that share "
+        "model, size, steps and guidance as one batch (1: one job at a time).",
+    )
+    max_batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long a job may wait after it was queued for others to fill its "
+        "batch (0: batch only what is already queued).",
+    )
     prompt_cache_mb: int = Field(
         256,
         ge=0,

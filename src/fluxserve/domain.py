@@ -93,9 +93,9 @@ class GenerationRequest:
     @property
     def batch_key(self) -> str:
         """Jobs with equal keys can run as one batch: same model, task, size, steps,
-        guidance, strength and speed tier (prompts and seeds may differ)."""
+        guidance, strength, speed tier and image count (prompts and seeds may differ)."""
         parts = (self.model, self.task.value, f"{self.width}x{self.height}", self.steps,
-                 self.guidance, self.strength, self.acceleration)  # fmt: skip
+                 self.guidance, self.strength, self.acceleration, self.num_images)  # fmt: skip
         return "|".join(str(part) for part in parts)
 
     @property

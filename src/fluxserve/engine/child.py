@@ -10,6 +10,7 @@ import threading
 import time
 
 from fluxserve.config import Settings
+from fluxserve.engine.batcher import BatchPolicy
 from fluxserve.engine.moderation import Moderation
 from fluxserve.engine.signals import Flag, Wakeup
 from fluxserve.engine.worker import Worker, WorkerOptions
@@ -76,6 +77,7 @@ def run_worker(
         mark=watermarker() if settings.watermark else None,
         sign=c2pa_signer(settings.c2pa_cert, settings.c2pa_key) if settings.c2pa_cert else None,
         max_attempts=settings.max_attempts,
+        batch=BatchPolicy(settings.max_batch_size, settings.max_batch_wait_ms / 1000),
     )
     try:
         Worker(store, storage, runner, options, wake, stop, moderation).run()

@@ -21,20 +21,22 @@ class LeaseKeeper:
     def __init__(self, store: JobStore, lease_seconds: float) -> None:
         self._store = store
         self._lease_seconds = lease_seconds
-        self._job: Job | None = None
+        self._jobs: list[Job] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self.lost = False
+        self.lost = False  # any held job's lease was lost
+        self.lost_ids: set[str] = set()
         self._thread = threading.Thread(target=self._beat, name="lease-keeper", daemon=True)
         self._thread.start()
 
-    def hold(self, job: Job) -> None:
+    def hold(self, *jobs: Job) -> None:
+        """Keep the leases of ``jobs`` (one job, or a batch) alive until ``release``."""
         with self._lock:
-            self._job, self.lost = job, False
+            self._jobs, self.lost, self.lost_ids = list(jobs), False, set()
 
     def release(self) -> None:
         with self._lock:
-            self._job = None
+            self._jobs = []
 
     def close(self) -> None:
         self._closed.set()
@@ -43,15 +45,16 @@ class LeaseKeeper:
     def _beat(self) -> None:
         while not self._closed.wait(self._lease_seconds / 3):
             with self._lock:
-                job = self._job
-            if job is None:
-                continue
-            try:
-                alive = self._store.heartbeat(job.id, job.attempt, self._lease_seconds)
-            except Exception:  # a transient store error must not end the heartbeats
-                logger.exception("heartbeat failed for job %s", job.id)
-                continue
-            with self._lock:
-                if not alive and self._job is job:
-                    logger.warning("lost the lease on job %s; its result will be dropped", job.id)
-                    self.lost = True
+                held = list(self._jobs)
+            for job in held:
+                try:
+                    alive = self._store.heartbeat(job.id, job.attempt, self._lease_seconds)
+                except Exception:  # a transient store error must not end the heartbeats
+                    logger.exception("heartbeat failed for job %s", job.id)
+                    continue
+                with self._lock:
+                    if not alive and job in self._jobs:
+                        logger.warning("lost the lease on job %s; its result will be dropped",
+                                       job.id)  # fmt: skip
+                        self.lost_ids.add(job.id)
+                        self.lost = True

@@ -14,12 +14,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 from sqlalchemy.exc import DBAPIError as DatabaseError
 
 from fluxserve.domain import GenerationRequest, Job, JobReport, JobStatus
+from fluxserve.engine.batcher import BatchPolicy, batchable, wait_for_more
 from fluxserve.engine.lease import LeaseKeeper
 from fluxserve.engine.moderation import Moderation
 from fluxserve.errors import GenerationCancelled, StorageError
@@ -56,6 +57,7 @@ class WorkerOptions:
     # Embeds a signed C2PA manifest in every encoded output that passed its check, or None.
     sign: Callable[[bytes, GenerationRequest], bytes] | None = None
     max_attempts: int = 2  # a job whose images cannot be stored is retried up to this
+    batch: BatchPolicy = field(default_factory=BatchPolicy)  # max_size 1: one job at a time
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Outcome:
     keys: list[str] = field(default_factory=list)
     report: JobReport = field(default_factory=JobReport)
     refusal: str | None = None
+    cancelled: bool = False  # asked to stop while its batch ran on: ends cancelled
 
     @property
     def status(self) -> JobStatus:
@@ -122,8 +125,29 @@ class Worker:
         )
         if job is None:
             return False
-        self.process(job)
+        batch = self._gather_batch(job)
+        if len(batch) > 1:
+            self.process_batch(batch)
+        else:
+            self.process(job)
         return True
+
+    def _gather_batch(self, first: Job) -> list[Job]:
+        """``first`` and the queued jobs that can share its batch (claimed), waiting a
+        little for more when the policy allows (engine/batcher.py)."""
+        policy, request = self.options.batch, first.request
+        if policy.max_size <= 1 or not batchable(request.num_images, request.task.value):
+            return [first]
+        batch = [first]
+        while True:
+            batch += self.store.claim_companions(
+                self.options.worker_id, first, self.runner.model_names,
+                self.options.lease_seconds, policy.max_size - len(batch),
+            )  # fmt: skip
+            wait = wait_for_more(policy, len(batch), first.created_at, time.time())
+            if wait <= 0:
+                return batch
+            time.sleep(wait)
 
     def process(self, job: Job) -> None:
         started = time.perf_counter()
@@ -151,6 +175,42 @@ class Worker:
             return
         finally:
             self.lease.release()
+        self._record(job, outcome, started)
+
+    def process_batch(self, jobs: list[Job]) -> None:
+        """Several jobs sharing a batch key in one denoising loop; each ends on its own."""
+        started = time.perf_counter()
+        self.lease.hold(*jobs)
+        try:
+            outcomes = self._generate_batch(jobs)
+        except GenerationCancelled:  # every job of the batch was cancelled or lost
+            for job in jobs:
+                if job.id not in self.lease.lost_ids:
+                    self._finish(self.store.cancel_running, job.id, job.attempt)
+            return
+        except StorageError as exc:
+            for job in jobs:
+                self._storage_failed(job, exc)
+            return
+        except Exception:
+            logger.exception("batch of jobs %s failed", ", ".join(job.id for job in jobs))
+            for job in jobs:
+                self._finish(self.store.fail, job.id, job.attempt, "generation_failed",
+                             "Generation failed on the server; the operator's log has the "
+                             f"cause under job id {job.id}.")  # fmt: skip
+            return
+        finally:
+            self.lease.release()
+        logger.info("batch of %d jobs", len(jobs))
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            self._record(job, outcome, started)
+
+    def _record(self, job: Job, outcome: Outcome, started: float) -> None:
+        """Write how a job ended: refused, cancelled, or done with its images."""
+        if outcome.cancelled:
+            if self._finish(self.store.cancel_running, job.id, job.attempt):
+                logger.info("job %s cancelled while its batch ran", job.id)
+            return
         if outcome.refusal is not None:
             if self._finish(self.store.moderate, job.id, job.attempt, outcome.report,
                             outcome.refusal):  # fmt: skip
@@ -234,6 +294,67 @@ class Worker:
         images = self.runner.generate(request, inputs, on_step, should_stop)
         self.last_model_seconds = time.perf_counter() - started
         images = self.moderation.after(request, images, report)
+        return Outcome(self._store_images(job, request, images, report), report)
+
+    def _generate_batch(self, jobs: list[Job]) -> list[Outcome]:
+        """Check each job, run the admitted ones as one batch, store each one's image."""
+        outcomes, admitted = self._admit_all(jobs)
+        if admitted:
+            running = [job for job, _ in admitted]
+            last_write = time.monotonic()
+
+            def on_step(done: int, total: int) -> None:
+                nonlocal last_write
+                now = time.monotonic()
+                if done < total and now - last_write >= PROGRESS_WRITE_INTERVAL:
+                    last_write = now
+                    for job in running:
+                        with contextlib.suppress(DatabaseError):
+                            self.store.set_progress(job.id, job.attempt, done / total)
+
+            cancelled: set[str] = set()
+            last_check = 0.0
+
+            def should_stop() -> bool:  # only when no job of the batch still wants it
+                nonlocal last_check
+                now = time.monotonic()
+                if now - last_check >= CANCEL_CHECK_INTERVAL:
+                    last_check = now
+                    for job in running:
+                        with contextlib.suppress(DatabaseError):
+                            if self.store.is_cancel_requested(job.id):
+                                cancelled.add(job.id)
+                return {j.id for j in running} <= cancelled | self.lease.lost_ids
+
+            started = time.perf_counter()
+            requests = [verdict.request for _, verdict in admitted]
+            images = self.runner.generate_batch(requests, on_step, should_stop)
+            self.last_model_seconds = time.perf_counter() - started
+            for (job, verdict), image in zip(admitted, images, strict=True):
+                if job.id in cancelled or self.store.is_cancel_requested(job.id):
+                    outcomes[job.id] = Outcome(cancelled=True)
+                    continue
+                kept = self.moderation.after(verdict.request, [image], verdict.report)
+                keys = self._store_images(job, verdict.request, kept, verdict.report)
+                outcomes[job.id] = Outcome(keys, verdict.report)
+        return [outcomes[job.id] for job in jobs]
+
+    def _admit_all(self, jobs: list[Job]) -> tuple[dict[str, Outcome], list[tuple[Job, Any]]]:
+        """The refused jobs' outcomes, and the admitted jobs with their verdicts."""
+        outcomes: dict[str, Outcome] = {}
+        admitted = []
+        for job in jobs:
+            verdict = self.moderation.before(job, GenerationInputs())
+            if verdict.refusal is not None:
+                outcomes[job.id] = Outcome(report=verdict.report, refusal=verdict.refusal)
+            else:
+                admitted.append((job, verdict))
+        return outcomes, admitted
+
+    def _store_images(
+        self, job: Job, request: GenerationRequest, images: list[Image.Image], report: JobReport
+    ) -> list[str]:
+        """Mark, encode, sign and store a job's images; their keys."""
         metadata = generation_metadata(request, self.options.metadata_prompt)
         fmt = request.output_format
         keys = []
@@ -248,7 +369,7 @@ class Worker:
             key = result_key(job.id, job.attempt, index, fmt.value)
             self.storage.put(key, data, fmt.content_type)
             keys.append(key)
-        return Outcome(keys, report)
+        return keys
 
     def _read_inputs(self, job: Job) -> GenerationInputs:
         """The job's input images, from storage (the API checked them before queueing)."""

@@ -38,6 +38,12 @@ class JobStore(Protocol):
         """The oldest queued job and up to ``limit - 1`` queued jobs sharing its batch key."""
         ...
 
+    def claim_companions(
+        self, worker_id: str, first: Job, models: list[str], lease_seconds: float, limit: int
+    ) -> list[Job]:
+        """Up to ``limit`` more queued jobs sharing ``first``'s batch key, claimed."""
+        ...
+
     def heartbeat(self, job_id: str, attempt: int, lease_seconds: float) -> bool:
         """Extend the lease; False when the lease was lost (the job is not ours any more)."""
         ...

@@ -200,8 +200,16 @@ class SqlJobStore:
         """The oldest queued job of ``models`` and up to ``limit - 1`` more queued jobs that
         share its batch key, in queue order, all claimed (each with its own lease)."""
         first = self.claim(worker_id, models, lease_seconds)
-        if first is None or limit <= 1:
-            return [first] if first else []
+        if first is None:
+            return []
+        return [first, *self.claim_companions(worker_id, first, models, lease_seconds, limit - 1)]
+
+    def claim_companions(
+        self, worker_id: str, first: Job, models: list[str], lease_seconds: float, limit: int
+    ) -> list[Job]:
+        """Up to ``limit`` queued jobs sharing ``first``'s batch key, claimed, in order."""
+        if limit < 1:
+            return []
         companions = (
             sa.select(jobs.c.seq)
             .where(
@@ -210,7 +218,7 @@ class SqlJobStore:
                 jobs.c.model.in_(models),
             )
             .order_by(jobs.c.seq)
-            .limit(limit - 1)
+            .limit(limit)
         )
         if self.shared:
             companions = companions.with_for_update(skip_locked=True)
@@ -234,7 +242,7 @@ class SqlJobStore:
         )
         with self.engine.begin() as conn:
             rows = conn.execute(stmt).all()
-        return [first, *sorted((row_to_job(r) for r in rows), key=lambda job: job.seq or 0)]
+        return sorted((row_to_job(r) for r in rows), key=lambda job: job.seq or 0)
 
     def _update_running(self, job_id: str, attempt: int, **values: Any) -> bool:
         stmt = (
