@@ -192,3 +192,28 @@ def test_exif_rotation_is_applied():
     Image.new("RGB", (120, 80), (200, 10, 10)).save(buffer, format="JPEG", exif=exif)
     image = decode_image(buffer.getvalue(), "image", LIMITS)
     assert image.size == (80, 120)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["100.100.100.200", "100.64.0.1", "::ffff:127.0.0.1", "2002:7f00:1::1",
+     "2002:a9fe:a9fe::1", "0.0.0.0"],
+)  # fmt: skip
+def test_non_global_and_wrapped_addresses_are_refused(address):
+    assert UrlPolicy().refusal(address) is not None, address
+
+
+def test_public_addresses_pass():
+    assert UrlPolicy().refusal("93.184.215.14") is None
+    assert UrlPolicy().refusal("2606:2800:21f:cb07:6820:80da:af6b:8b2c") is None
+
+
+@pytest.mark.parametrize("url", ["http://example.com:99999/a.png", "http://example.com:abc/x"])
+def test_bad_ports_are_refused_not_crashing(url):
+    with pytest.raises(InvalidRequest, match="invalid port"):
+        check_url(url, "image_url", UrlPolicy())
+
+
+def test_a_host_idna_cannot_encode_is_refused_not_crashing():
+    with pytest.raises(InvalidRequest, match="does not resolve"):
+        check_url("http://" + "a" * 64 + ".com/x.png", "image_url", UrlPolicy())

@@ -620,3 +620,12 @@ def test_moderated_report_round_trips_through_sqlite(parts):
     assert ended.result_keys == []
     assert ended.report == report
     assert Verdict(**ended.report.verdicts[0]) == verdict
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["a child,\nnude", "ｌｏｌｉｃｏｎ", "l\u200bolicon", "lo\u00adlicon", "a  child\tnaked"],
+)
+def test_the_default_list_sees_through_newlines_and_look_alikes(prompt):
+    verdict = TermList.default().check(prompt)
+    assert not verdict.allowed, prompt

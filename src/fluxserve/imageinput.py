@@ -54,13 +54,18 @@ class UrlPolicy:
         if self.allow_private or address in self.allowed_addresses:
             return None
         ip = ipaddress.ip_address(address)
+        if isinstance(ip, ipaddress.IPv6Address):
+            # An IPv4 address carried inside IPv6 (mapped, 6to4, Teredo) is judged as itself.
+            embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+            if embedded is not None:
+                return self.refusal(str(embedded))
         if ip.is_loopback:
             return "it points at this machine (loopback)"
         if ip.is_link_local:
             return "it points at a link-local address (such as a cloud metadata service)"
         if ip.is_multicast or ip.is_reserved or ip.is_unspecified:
             return "it points at a reserved address"
-        if ip.is_private:
+        if ip.is_private or not ip.is_global:  # also 100.64/10 (CGNAT, some cloud metadata)
             return "it points at a private network address"
         return None
 
@@ -68,15 +73,20 @@ class UrlPolicy:
 def _resolve(host: str) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except socket.gaierror:
+    except (socket.gaierror, UnicodeError):  # UnicodeError: a label IDNA cannot encode
         return []
-    return sorted({info[4][0] for info in infos})
+    # The resolver's order (it prefers what this host can reach), without repeats.
+    return list(dict.fromkeys(info[4][0] for info in infos))
 
 
 def check_url(url: str, field_name: str, policy: UrlPolicy) -> str:
     """The address to fetch ``url`` from; InvalidRequest when the URL is not http(s) or
     its host resolves to any refused address."""
     parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number 0-65535)
+    except ValueError:
+        raise InvalidRequest(field_name, f"{field_name} has an invalid port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest(
             field_name, f"{field_name} must be an http(s) URL, base64 or a data: URI"

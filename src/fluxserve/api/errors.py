@@ -17,7 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from fluxserve.errors import (
     ConfigurationError,
@@ -165,6 +166,8 @@ async def handle_database_error(request: Request, exc: Exception) -> JSONRespons
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(DBAPIError, handle_database_error)
+    # Only the database being unreachable is a 503; other database errors are bugs (500).
+    for unavailable in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(unavailable, handle_database_error)
     app.add_exception_handler(FluxserveError, handle_fluxserve_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)

@@ -114,6 +114,8 @@ class JobService:
         return len(ids)
 
     def get(self, job_id: str) -> Job | None:
+        if not _is_job_id(job_id):  # never a job: no query (PostgreSQL refuses NUL bytes)
+            return None
         return self.store.get(job_id)
 
     def queue_position(self, job: Job) -> int | None:
@@ -122,6 +124,8 @@ class JobService:
 
     def cancel(self, job_id: str) -> JobStatus | None:
         """Cancel a queued job, or ask its worker to stop a running one at the next step."""
+        if not _is_job_id(job_id):
+            return None
         return self.store.request_cancel(job_id)
 
     async def wait(
@@ -180,3 +184,10 @@ class JobService:
     def result_urls(self, job: Job, base_url: str) -> list[str]:
         """Fresh signed URLs for the job's images, valid for ``url_ttl`` seconds."""
         return [self.storage.url(key, base_url, self.url_ttl) for key in job.result_keys]
+
+
+def _is_job_id(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except (ValueError, AttributeError):
+        return False

@@ -8,6 +8,7 @@ boundaries, case-insensitively ("cat" blocks "a Cat sat", not "concatenate"); a 
 from __future__ import annotations
 
 import re
+import unicodedata
 from importlib import resources
 from pathlib import Path
 
@@ -27,7 +28,7 @@ class TermList:
                 continue
             if len(line) > 2 and line.startswith("/") and line.endswith("/"):
                 try:
-                    pattern = re.compile(line[1:-1], re.IGNORECASE)
+                    pattern = re.compile(line[1:-1], re.IGNORECASE | re.DOTALL)
                 except re.error as exc:
                     raise ConfigurationError(
                         f"{source}:{number}: {line} is not a valid regular expression ({exc})"
@@ -50,12 +51,23 @@ class TermList:
 
     def check(self, text: str) -> Verdict:
         """Blocked when any entry matches ``text``; the verdict names the entry."""
+        text = normalise(text)
         for entry, pattern in self.patterns:
             if pattern.search(text):
                 return Verdict(
                     allowed=False, category=f"blocked_term: {entry}", score=1.0, checker=CHECKER
                 )
         return allowed(CHECKER)
+
+
+def normalise(text: str) -> str:
+    """The text as the model reads it: NFKC (fullwidth and other look-alike forms become
+    plain letters, as T5's tokenizer normalises them), invisible format characters (zero-
+    width spaces, soft hyphens) removed, and runs of whitespace (newlines too) made one
+    space. Otherwise "ｌｏｌｉｃｏｎ" or "l\u200bolicon" would slip past the list."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return " ".join(text.split())
 
 
 def load_terms(setting: str) -> TermList | None:
