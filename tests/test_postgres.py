@@ -10,6 +10,7 @@ import inspect
 import json
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -590,7 +591,7 @@ def test_api_answers_503_while_the_database_refuses_and_recovers(
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
             assert terminate_backends(admin, name) >= 1
             calls = {
-                "bfl get_result": ("bfl", lambda: client.get("/v1/get_result?id=x")),
+                "bfl get_result": ("bfl", lambda: client.get(f"/v1/get_result?id={uuid.uuid4()}")),
                 "bfl submit": (
                     "bfl",
                     lambda: client.post("/v1/flux-dev", json={"prompt": "down", **SMALL}),

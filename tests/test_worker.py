@@ -155,11 +155,13 @@ def test_lost_lease_drops_result(parts, runner):
 def test_lease_keeper_heartbeats_and_notices_loss(parts):
     store, _ = parts
     store.create(Job(id="job-0", request=request(FluxRunnerName())))
-    job = store.claim("w", ["tiny"], 0.3)
-    keeper = LeaseKeeper(store, 0.3)
+    # A lease long enough that a busy machine (tests run in parallel) still heartbeats in
+    # time: a heartbeat every 0.6 s keeps a 1.8 s lease alive.
+    job = store.claim("w", ["tiny"], 1.8)
+    keeper = LeaseKeeper(store, 1.8)
     try:
         keeper.hold(job)
-        time.sleep(0.5)  # past the first lease: only heartbeats keep it
+        time.sleep(2.4)  # past the first lease: only heartbeats keep it
         assert store.requeue_expired(max_attempts=2) == []
         assert not keeper.lost
         store.expire_leases("w")

@@ -146,6 +146,17 @@ def build_services(settings: Settings, models: dict[str, ResolvedModel] | None =
         from fluxserve.runtime.provenance import c2pa_signer
 
         c2pa_signer(settings.c2pa_cert, settings.c2pa_key)  # fails now, in one sentence
+    if not settings.worker and not settings.database:
+        raise ConfigurationError(
+            "--no-worker runs an API replica of a cluster: give it the shared job database "
+            "(--database postgresql://...); with SQLite, serve runs its own workers."
+        )
+    if settings.database and not settings.storage:
+        logger.warning(
+            "cluster mode with images in the data dir: every API replica and worker must "
+            "share --data-dir %s (a shared volume), or use --storage s3://...",
+            settings.data_dir,
+        )
     # An API-only replica needs no classifier weights: the workers run the classifiers.
     safety = resolve_safety(settings, models.values()) if settings.worker else SafetySetup()
     store = open_store(settings)

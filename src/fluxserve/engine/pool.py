@@ -79,8 +79,13 @@ class WorkerPool:
             self._start(slot)
         self._watcher.start()
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Ask every worker to stop after its current job, and wait for them."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask every worker to stop after its current job, and wait for them.
+
+        By default the wait is unbounded: a job in hand is finished however long it takes,
+        and the process manager's kill (after its grace period) is the only limit. With a
+        ``timeout``, a worker still busy then is terminated and its job runs again later.
+        """
         self._stopping.set()
         # The watcher first, so it cannot restart a worker that is exiting on request.
         if self._watcher.is_alive():
@@ -88,11 +93,11 @@ class WorkerPool:
         for slot in self.slots:
             slot.stop.set()
             slot.wake.set()
-        deadline = time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         for slot in self.slots:
             if slot.handle is None:
                 continue
-            slot.handle.join(max(0.0, deadline - time.monotonic()))
+            slot.handle.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if self.mode == "process" and slot.handle.is_alive():
                 logger.warning("worker %s did not stop in time; terminating it", slot.worker_id)
                 slot.handle.terminate()  # SIGTERM: stop after the job in hand

@@ -145,6 +145,8 @@ class Worker:
                 self.options.lease_seconds, policy.max_size - len(batch),
             )  # fmt: skip
             wait = wait_for_more(policy, len(batch), first.created_at, time.time())
+            # Claimed jobs are not heartbeated yet: never wait near their lease's end.
+            wait = min(wait, self.options.lease_seconds / 4)
             if wait <= 0:
                 return batch
             time.sleep(wait)
@@ -181,8 +183,16 @@ class Worker:
         """Several jobs sharing a batch key in one denoising loop; each ends on its own."""
         started = time.perf_counter()
         self.lease.hold(*jobs)
+        refused, admitted = self._admit_all(jobs)
+        for job in jobs:  # refusals end now, whatever happens to the rest of the batch
+            if job.id in refused:
+                self._record(job, refused[job.id], started)
+        jobs = [job for job, _ in admitted]
+        if not jobs:
+            self.lease.release()
+            return
         try:
-            outcomes = self._generate_batch(jobs)
+            outcomes = self._generate_batch(admitted)
         except GenerationCancelled:  # every job of the batch was cancelled or lost
             for job in jobs:
                 if job.id not in self.lease.lost_ids:
@@ -201,7 +211,7 @@ class Worker:
             return
         finally:
             self.lease.release()
-        logger.info("batch of %d jobs", len(jobs))
+        logger.info("batch of %d jobs", len(jobs))  # the admitted ones
         for job, outcome in zip(jobs, outcomes, strict=True):
             self._record(job, outcome, started)
 
@@ -296,9 +306,9 @@ class Worker:
         images = self.moderation.after(request, images, report)
         return Outcome(self._store_images(job, request, images, report), report)
 
-    def _generate_batch(self, jobs: list[Job]) -> list[Outcome]:
-        """Check each job, run the admitted ones as one batch, store each one's image."""
-        outcomes, admitted = self._admit_all(jobs)
+    def _generate_batch(self, admitted: list[tuple[Job, Any]]) -> list[Outcome]:
+        """Run the admitted jobs as one batch and store each one's image."""
+        outcomes: dict[str, Outcome] = {}
         if admitted:
             running = [job for job, _ in admitted]
             last_write = time.monotonic()
@@ -337,7 +347,7 @@ class Worker:
                 kept = self.moderation.after(verdict.request, [image], verdict.report)
                 keys = self._store_images(job, verdict.request, kept, verdict.report)
                 outcomes[job.id] = Outcome(keys, verdict.report)
-        return [outcomes[job.id] for job in jobs]
+        return [outcomes[job.id] for job, _ in admitted]
 
     def _admit_all(self, jobs: list[Job]) -> tuple[dict[str, Outcome], list[tuple[Job, Any]]]:
         """The refused jobs' outcomes, and the admitted jobs with their verdicts."""

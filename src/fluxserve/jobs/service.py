@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -21,6 +22,7 @@ from fluxserve.storage.base import BlobStorage, input_key, job_prefixes
 from fluxserve.store.base import JobStore
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WAIT_POLL_MIN = 0.005  # seconds between store reads while a caller waits for a job
 WAIT_POLL_MAX = 0.05
@@ -70,8 +72,12 @@ class JobService:
             )
             logger.info("job %s refused before queueing: %s", job_id, refusal)
             return self.store.create(job)
-        stored = [self._put_input(job_id, str(n), image) for n, image in enumerate(images)]
-        mask_key = self._put_input(job_id, "mask", mask) if mask is not None else None
+        try:
+            stored = [self._put_input(job_id, str(n), image) for n, image in enumerate(images)]
+            mask_key = self._put_input(job_id, "mask", mask) if mask is not None else None
+        except Exception:  # no job will ever own these: remove what was stored
+            self._delete_blobs(job_id)
+            raise
         if stored or mask_key:
             request = dataclasses.replace(request, input_keys=tuple(stored), mask_key=mask_key)
         job = Job(id=job_id, request=request, created_at=time.time(), report=report)
@@ -106,9 +112,12 @@ class JobService:
     def purge_ended(self, retention_seconds: float) -> int:
         """Delete jobs that ended more than ``retention_seconds`` ago, with their images
         (results and inputs); returns how many were deleted."""
-        ids = self.store.purge_ended(time.time() - retention_seconds)
+        # Blobs first, rows after: if storage fails midway, the rows are still there and
+        # the next purge tries again (rows first would leave blobs no one knows of).
+        ids = self.store.ended_before(time.time() - retention_seconds)
         for job_id in ids:
             self._delete_blobs(job_id)
+        self.store.delete_jobs(ids)
         if ids:
             logger.info("deleted %d job(s) older than the retention period", len(ids))
         return len(ids)
@@ -117,6 +126,14 @@ class JobService:
         if not _is_job_id(job_id):  # never a job: no query (PostgreSQL refuses NUL bytes)
             return None
         return self.store.get(job_id)
+
+    async def read(self, function: Callable[..., T], *args: object) -> T:
+        """``function(*args)`` from async code: inline on SQLite (a WAL read never waits, and
+        a thread-pool hop costs more than it), in the thread pool on a shared database (a
+        network round trip must not stall the event loop)."""
+        if self.store.shared:
+            return await run_in_threadpool(function, *args)
+        return function(*args)
 
     def queue_position(self, job: Job) -> int | None:
         """Queued jobs of the same model ahead of ``job`` (which the caller has just read)."""

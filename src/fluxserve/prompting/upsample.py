@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,9 +18,6 @@ logger = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 2000  # a runaway answer is cut; FLUX reads at most 512 T5 tokens anyway
 MAX_NEW_TOKENS = 200
-# Runs chat calls so the caller can stop waiting at the deadline: httpx's timeout bounds
-# each read, and a backend that trickles its answer would otherwise hold the job.
-_CALLS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="upsampler")
 
 
 class UpsamplingFailed(Exception):
@@ -64,12 +59,28 @@ class ChatUpsampler:
         """Nothing to load: the endpoint is asked per job."""
 
     def rewrite(self, prompt: str) -> str:
-        """The rewrite, within ``timeout`` seconds in all (a late answer is dropped)."""
-        call = _CALLS.submit(self._call, prompt)
-        try:
-            return call.result(timeout=self.timeout)
-        except FutureTimeout:
-            raise UpsamplingFailed(f"the rewriter did not answer within {self.timeout} s") from None
+        """The rewrite, within ``timeout`` seconds in all (a late answer is dropped).
+
+        The call runs in its own daemon thread, so the caller stops waiting at the deadline
+        even when the backend trickles its answer (httpx's timeout bounds each read, not the
+        whole), and a stuck call never holds up the next job's.
+        """
+        result: list[str | BaseException] = []
+
+        def call() -> None:
+            try:
+                result.append(self._call(prompt))
+            except BaseException as exc:  # handed to the caller below
+                result.append(exc)
+
+        thread = threading.Thread(target=call, name="upsampler", daemon=True)
+        thread.start()
+        thread.join(self.timeout)
+        if not result:
+            raise UpsamplingFailed(f"the rewriter did not answer within {self.timeout} s")
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]
 
     def _call(self, prompt: str) -> str:
         body = {

@@ -89,6 +89,14 @@ class JobStore(Protocol):
         """Running jobs whose lease expired go back to the queue, or fail past max attempts."""
         ...
 
+    def ended_before(self, finished_before: float, limit: int = 500) -> list[str]:
+        """Ids of jobs that ended before ``finished_before`` (at most ``limit``)."""
+        ...
+
+    def delete_jobs(self, job_ids: list[str]) -> int:
+        """Delete these ended jobs' rows; how many were deleted."""
+        ...
+
     def purge_ended(self, finished_before: float, limit: int = 500) -> list[str]:
         """Delete jobs that ended before ``finished_before`` (at most ``limit``); their ids."""
         ...

@@ -38,7 +38,16 @@ class PostgresJobStore(SqlJobStore):
             self.url,
             pool_pre_ping=True,  # a connection the server dropped is replaced, not used
             pool_recycle=300,
-            connect_args={"connect_timeout": 5},
+            # A silent network (no reset) must not hang a request: TCP keepalives notice a
+            # dead peer, and no statement runs longer than a minute.
+            connect_args={
+                "connect_timeout": 5,
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "options": "-c statement_timeout=60000",
+            },
         )
         super().__init__(engine)
         if migrate:

@@ -459,6 +459,25 @@ class SqlJobStore:
                 self._announce(conn)
         return [row_to_job(r) for r in (*cancelled, *failed, *requeued)]
 
+    def ended_before(self, finished_before: float, limit: int = 500) -> list[str]:
+        """Ids of up to ``limit`` jobs that ended before ``finished_before``, oldest first."""
+        ended = [s.value for s in JobStatus if s.is_terminal]
+        stmt = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.status.in_(ended), jobs.c.finished_at < finished_before)
+            .order_by(jobs.c.seq)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(stmt).scalars())
+
+    def delete_jobs(self, job_ids: list[str]) -> int:
+        """Delete these jobs' rows (only ended ones: a live job is never deleted)."""
+        ended = [s.value for s in JobStatus if s.is_terminal]
+        stmt = jobs.delete().where(jobs.c.id.in_(job_ids), jobs.c.status.in_(ended))
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
     def purge_ended(self, finished_before: float, limit: int = 500) -> list[str]:
         """Delete up to ``limit`` jobs that ended before ``finished_before``; their ids."""
         ended = [s.value for s in JobStatus if s.is_terminal]

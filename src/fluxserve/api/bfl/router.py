@@ -121,7 +121,8 @@ async def get_result(
     services: ServicesDep, base: BaseUrlDep, id: str = Query(...), x_key: XKey = None
 ):
     """Status of a task and, once Ready, a signed link to its image."""
-    job = services.jobs.get(id)
+    job = await services.jobs.read(services.jobs.get, id)
     if job is None:
         return convert.not_found(id)
-    return convert.to_result_response(job, services.jobs.result_urls(job, base))
+    urls = await services.jobs.read(services.jobs.result_urls, job, base)
+    return convert.to_result_response(job, urls)

@@ -128,7 +128,7 @@ def make_submit(endpoint: str, app_id: str) -> Callable[..., Any]:
 
     async def submit(inputs: inputs_type, services: ServicesDep, base: BaseUrlDep):
         job = await run_in_threadpool(submit_job, endpoint, inputs, services)
-        position = services.jobs.queue_position(job) or 0
+        position = await services.jobs.read(services.jobs.queue_position, job) or 0
         return convert.to_submitted(job, convert.QueueUrls(base, app_id, job.id), position)
 
     submit.__doc__ = f"Queue a request to {endpoint} (as queue.fal.run)."
@@ -139,10 +139,10 @@ def make_status(app_id: str) -> Callable[..., Any]:
     async def status(
         request_id: str, services: ServicesDep, base: BaseUrlDep, logs: bool = Query(False)
     ):
-        job = services.jobs.get(request_id)
+        job = await services.jobs.read(services.jobs.get, request_id)
         if job is None:
             return fal_error(404, f"Request {request_id} not found", "not_found")
-        position = services.jobs.queue_position(job)
+        position = await services.jobs.read(services.jobs.queue_position, job)
         urls = convert.QueueUrls(base, app_id, job.id)
         return convert.to_status(job, urls, position, logs)
 
@@ -152,7 +152,7 @@ def make_status(app_id: str) -> Callable[..., Any]:
 
 def make_result(app_id: str) -> Callable[..., Any]:
     async def result(request_id: str, services: ServicesDep, base: BaseUrlDep):
-        job = services.jobs.get(request_id)
+        job = await services.jobs.read(services.jobs.get, request_id)
         if job is None:
             return fal_error(404, f"Request {request_id} not found", "not_found")
         if not job.status.is_terminal:
@@ -169,7 +169,7 @@ def make_result(app_id: str) -> Callable[..., Any]:
 
 def make_cancel(app_id: str) -> Callable[..., Any]:
     async def cancel(request_id: str, services: ServicesDep):
-        job = services.jobs.get(request_id)
+        job = await services.jobs.read(services.jobs.get, request_id)
         if job is None:
             return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
         if job.status.is_terminal:
