@@ -174,20 +174,25 @@ class SqlJobStore:
             candidate = candidate.with_for_update(skip_locked=True)
         return candidate.scalar_subquery()
 
-    def claim(self, worker_id: str, models: list[str], lease_seconds: float) -> Job | None:
+    @staticmethod
+    def _claimed(worker_id: str, lease_seconds: float) -> dict[str, Any]:
+        """The values a claim writes: running, a new attempt, a fresh lease."""
         now = time.time()
+        return {
+            "status": _RUNNING,
+            "worker_id": worker_id,
+            "attempt": jobs.c.attempt + 1,
+            "lease_expires_at": now + lease_seconds,
+            "started_at": now,
+            "progress": 0.0,
+        }
+
+    def claim(self, worker_id: str, models: list[str], lease_seconds: float) -> Job | None:
         stmt = (
             jobs.update()
             .where(jobs.c.seq == self._claim_candidate(models))
             .where(jobs.c.status.in_(_states(JobStatus.RUNNING)))
-            .values(
-                status=_RUNNING,
-                worker_id=worker_id,
-                attempt=jobs.c.attempt + 1,
-                lease_expires_at=now + lease_seconds,
-                started_at=now,
-                progress=0.0,
-            )
+            .values(**self._claimed(worker_id, lease_seconds))
             .returning(*jobs.c)
         )
         with self.engine.begin() as conn:
@@ -225,19 +230,11 @@ class SqlJobStore:
         # A CTE, not "seq IN (subquery)": PostgreSQL may run such a subquery again for
         # each row it checks, and with SKIP LOCKED that claims more than ``limit``.
         picked = companions.cte("picked")
-        now = time.time()
         stmt = (
             jobs.update()
             .where(jobs.c.seq == picked.c.seq)
             .where(jobs.c.status == JobStatus.QUEUED.value)
-            .values(
-                status=_RUNNING,
-                worker_id=worker_id,
-                attempt=jobs.c.attempt + 1,
-                lease_expires_at=now + lease_seconds,
-                started_at=now,
-                progress=0.0,
-            )
+            .values(**self._claimed(worker_id, lease_seconds))
             .returning(*jobs.c)
         )
         with self.engine.begin() as conn:
