@@ -110,6 +110,14 @@ def settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
 
 
 @pytest.fixture
+def idle_client(settings: Settings) -> Iterator[TestClient]:
+    """The app without its lifespan: no worker starts, so submitted jobs stay queued."""
+    app = create_app(settings)
+    yield TestClient(app)
+    app.state.services.store.close()
+
+
+@pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     """The app with its lifespan running: a thread worker serving the tiny model."""
     with TestClient(create_app(settings)) as test_client:

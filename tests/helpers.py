@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -76,3 +77,11 @@ def fetch_image(client, url: str) -> Image.Image:
     response = client.get(url)
     assert response.status_code == 200, response.text
     return Image.open(io.BytesIO(response.content))
+
+
+def job_count(client: TestClient) -> int:
+    """Rows in the job table of a test client's server."""
+    from fluxserve.store.sql import jobs
+
+    with client.app.state.services.store.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one()

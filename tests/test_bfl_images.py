@@ -20,15 +20,13 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from fluxserve.api.app import create_app
 from fluxserve.domain import Task
 from fluxserve.imageinput import ImageReader, UrlPolicy
-from fluxserve.store.sql import jobs
-from tests.helpers import b64, data_uri, image_bytes, poll_result, wait_ready
+from tests.helpers import b64, data_uri, image_bytes, job_count, poll_result, wait_ready
 
 KONTEXT = "/v1/flux-kontext-pro"
 KONTEXT_MAX = "/v1/flux-kontext-max"
@@ -115,11 +113,6 @@ def truncated_jpeg() -> bytes:
     data = image_bytes((128, 128), "JPEG")
     start = data.index(b"\xff\xda")  # start of scan: the headers before it stay whole
     return data[: start + (len(data) - start) // 2]
-
-
-def job_count(client: TestClient) -> int:
-    with client.app.state.services.store.engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one()
 
 
 def submit(client: TestClient, endpoint: str, body: dict) -> str:

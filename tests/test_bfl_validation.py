@@ -9,34 +9,15 @@ large default-sized images on CPU. Every image really generated is 256x256 with 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from fluxserve.api.app import create_app
-from fluxserve.config import Settings
 from fluxserve.domain import MAX_SEED, GenerationRequest, JobStatus, OutputFormat
-from fluxserve.store.sql import jobs
-from tests.helpers import SMALL, poll_result
+from tests.helpers import SMALL, job_count, poll_result
 
 ENDPOINTS = ["/v1/flux-dev", "/v1/flux-schnell", "/v1/flux-pro-1.1", "/v1/flux-pro"]
 # The endpoints whose schema has steps and guidance (FLUX1.1 [pro] has neither).
 STEPS_ENDPOINTS = ["/v1/flux-dev", "/v1/flux-schnell", "/v1/flux-pro"]
-
-
-@pytest.fixture
-def idle_client(settings: Settings) -> Iterator[TestClient]:
-    """The app without its lifespan: no worker starts, so submitted jobs stay queued."""
-    app = create_app(settings)
-    yield TestClient(app)
-    app.state.services.store.close()
-
-
-def job_count(client: TestClient) -> int:
-    with client.app.state.services.store.engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one()
 
 
 def stored_request(client: TestClient, job_id: str) -> GenerationRequest:

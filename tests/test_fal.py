@@ -15,14 +15,12 @@ import base64
 import datetime as dt
 import io
 import time
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fluxserve.api.app import create_app
 from fluxserve.api.fal.convert import to_generation_request
 from fluxserve.api.fal.protocol import FluxInput
 from fluxserve.config import Settings
@@ -30,6 +28,7 @@ from fluxserve.domain import MAX_SEED, GenerationRequest, Job, JobStatus, Output
 from fluxserve.errors import InvalidRequest
 from fluxserve.specs import MODEL_SPECS
 from fluxserve.store.sql import jobs
+from tests.helpers import job_count
 
 BASE = "http://testserver"
 # endpoint id -> app id (owner/alias), under which status, result and cancel live.
@@ -48,20 +47,7 @@ FAST = {**SMALL, "num_inference_steps": 1}
 LONG = {"image_size": "square_hd", "num_inference_steps": 50}
 
 
-@pytest.fixture
-def idle_client(settings: Settings) -> Iterator[TestClient]:
-    """The app without its lifespan: no worker starts, so submitted jobs stay queued."""
-    app = create_app(settings)
-    yield TestClient(app)
-    app.state.services.store.close()
-
-
 # -- helpers --------------------------------------------------------------------------------
-
-
-def job_count(client: TestClient) -> int:
-    with client.app.state.services.store.engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one()
 
 
 def only_job(client: TestClient) -> Job:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
 
 from fluxserve.domain import GenerationRequest, OutputFormat
 from fluxserve.runtime.postprocess import encode_image, read_metadata
-from fluxserve.store.sql import jobs
+from tests.helpers import job_count
 
 RAW_422 = [
     ('{"guidance": NaN}', "guidance"),
@@ -20,11 +19,6 @@ RAW_422 = [
     ('{"width": true}', "width"),
     ('{"guidance": true}', "guidance"),
 ]
-
-
-def job_count(client) -> int:
-    with client.app.state.services.store.engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(jobs)).scalar_one()
 
 
 @pytest.mark.parametrize(("body", "field"), RAW_422)

@@ -15,7 +15,6 @@ import io
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,14 +30,6 @@ from fluxserve.store.sql import jobs
 
 URL = "/v1/images/generations"
 FAST = {"size": "256x256", "steps": 1}
-
-
-@pytest.fixture
-def idle_client(settings: Settings) -> Iterator[TestClient]:
-    """The app without its lifespan: no worker starts, so submitted jobs stay queued."""
-    app = create_app(settings)
-    yield TestClient(app)
-    app.state.services.store.close()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from fluxserve.api.app import create_app
@@ -30,8 +29,8 @@ from fluxserve.domain import MAX_SEED, GenerationRequest, Job, JobStatus, Output
 from fluxserve.errors import ConfigurationError, InvalidRequest, ModelNotAvailable
 from fluxserve.jobs.routing import ENDPOINT_KINDS, ModelRouter
 from fluxserve.specs import MODEL_SPECS, ModelKind, ModelSpec
-from fluxserve.store.sql import jobs
 from fluxserve.weights import ResolvedModel
+from tests.helpers import job_count
 
 SCHNELL = MODEL_SPECS["flux-schnell"]
 DEV = MODEL_SPECS["flux-dev"]
@@ -436,11 +435,6 @@ def dev_only_client(tmp_path: Path, tiny_model_dir: Path) -> Iterator[TestClient
     app = create_app(settings, services)
     yield TestClient(app)  # no `with`: no lifespan, no worker
     services.store.close()
-
-
-def job_count(client: TestClient) -> int:
-    with client.app.state.services.store.engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one()
 
 
 def test_endpoint_without_model_is_404(dev_only_client):

@@ -40,6 +40,22 @@ PIPELINE_CLASSES: dict[ModelKind, type[DiffusionPipeline]] = {
 SHAREABLE = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 
 
+class StepCallback:
+    """diffusers' ``callback_on_step_end``: reports progress, stops the loop on request."""
+
+    def __init__(self, on_step: OnStep, should_stop: ShouldStop, steps: int) -> None:
+        self.on_step, self.should_stop, self.steps = on_step, should_stop, steps
+        self.cancelled = False
+
+    def __call__(self, pipe: Any, step: int, _timestep: Any, callback_kwargs: dict) -> dict:
+        # Image-to-image runs only the last ``strength`` share of the steps.
+        self.on_step(step + 1, pipe.num_timesteps or self.steps)
+        if self.should_stop():
+            self.cancelled = True
+            pipe._interrupt = True  # diffusers' documented way to stop the loop
+        return callback_kwargs
+
+
 class FluxRunner:
     """Generates with diffusers' FLUX pipelines; owns the loop around them, not the math."""
 
@@ -149,16 +165,7 @@ class FluxRunner:
     ) -> list[Image.Image]:
         pipeline = self._pipeline_for(request)
         spec = self.models[request.model].spec
-        cancelled = False
-
-        def step_end(pipe, step: int, _timestep, callback_kwargs):
-            nonlocal cancelled
-            # Image-to-image runs only the last ``strength`` share of the steps.
-            on_step(step + 1, pipe.num_timesteps or request.steps)
-            if should_stop():
-                cancelled = True
-                pipe._interrupt = True  # diffusers' documented way to stop the loop
-            return callback_kwargs
+        step_end = StepCallback(on_step, should_stop, request.steps)
 
         # Noise from a seeded CPU generator: the same seed gives the same image on any device.
         generator = torch.Generator("cpu").manual_seed(request.seed)
@@ -180,7 +187,7 @@ class FluxRunner:
             arguments.update(kontext_area(request))
         with torch.inference_mode():
             output = pipeline(**arguments)
-        if cancelled:
+        if step_end.cancelled:
             raise GenerationCancelled("generation stopped before its last step")
         return list(output.images)
 
@@ -198,15 +205,7 @@ class FluxRunner:
             raise ValueError("a batch takes single-image requests that share a batch key")
         pipeline = self._pipeline_for(first)
         spec = self.models[first.model].spec
-        cancelled = False
-
-        def step_end(pipe, step: int, _timestep, callback_kwargs):
-            nonlocal cancelled
-            on_step(step + 1, pipe.num_timesteps or first.steps)
-            if should_stop():
-                cancelled = True
-                pipe._interrupt = True
-            return callback_kwargs
+        step_end = StepCallback(on_step, should_stop, first.steps)
 
         prompts = [
             self._prompt_arguments(pipeline, r.prompt, spec.max_sequence_length, 1)
@@ -234,7 +233,7 @@ class FluxRunner:
                 callback_on_step_end=step_end,
                 **(kontext_area(first) if spec.kind is ModelKind.KONTEXT else {}),
             )
-        if cancelled:
+        if step_end.cancelled:
             raise GenerationCancelled("generation stopped before its last step")
         return list(output.images)
 

@@ -1,7 +1,8 @@
 """An invisible watermark on outputs: invisible-watermark's DWT-DCT, as BFL's reference code.
 
 The mark is 48 bits (the bytes ``FLUXSV``); ``read_watermark`` decodes it back. It survives
-saving as PNG; JPEG's and WebP's chroma subsampling mostly erase it. A provenance hint only.
+saving as PNG, and as JPEG because the worker saves watermarked JPEGs with full chroma
+(4:4:4); lossy WebP's chroma subsampling often erases it. A provenance hint only.
 """
 
 from __future__ import annotations
