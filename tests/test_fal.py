@@ -401,7 +401,7 @@ def test_flux_pro_ignores_steps_and_guidance(idle_client):
     request = stored_request(idle_client, submitted["request_id"])
     assert request.steps == 4  # the serving (tiny) model's default, not the client's
     assert request.guidance == 3.0
-    assert request.acceleration == "none"
+    assert request.acceleration is None  # not a field here: the model's own tier
 
 
 def test_unknown_fields_ignored(idle_client):

@@ -269,7 +269,7 @@ def test_kontext_dev_defaults(idle_image_client):
     assert request.output_format.value == "png"
     assert (request.width, request.height) == (320, 208)
     assert request.task is Task.EDIT
-    assert request.acceleration == "none"
+    assert request.acceleration is None  # not sent: the model's tier
 
 
 def test_kontext_pro_defaults(idle_image_client):

@@ -20,6 +20,7 @@ from fluxserve.errors import ConfigurationError, DataDirLocked
 from fluxserve.imageinput import ImageReader
 from fluxserve.jobs.routing import ModelRouter
 from fluxserve.jobs.service import JobService
+from fluxserve.runtime.tiers import parse_tiers
 from fluxserve.safety.policy import SafetyPolicy
 from fluxserve.safety.setup import SafetySetup, resolve_safety
 from fluxserve.safety.terms import load_terms
@@ -131,6 +132,10 @@ def resolve_models(settings: Settings) -> dict[str, ResolvedModel]:
                 "load each model once."
             )
         models[resolved.name] = resolved
+    try:  # a MODEL=TIER naming no loaded model fails here, before anything loads
+        parse_tiers(settings.tier, list(models))
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
     return models
 
 

@@ -128,6 +128,37 @@ class Settings(BaseSettings):
         description="Device memory (MB) for cached prompt embeddings: a repeated prompt skips "
         "the text encoders. 0 turns the cache off.",
     )
+    tier: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["lossless"],
+        description="Optimisation tier: lossless (bf16, fused QKV, best attention kernel, "
+        "compiled on CUDA), fp8 (+ FP8 linear layers, on GPUs with FP8 tensor cores) or cache "
+        "(+ a step cache). TIER for every model, or MODEL=TIER for one (repeat the flag). "
+        "fal's acceleration asks for a lower tier per request.",
+    )
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the transformer (regionally) and the VAE decoder: auto "
+        "compiles on CUDA only, where it pays for its warm-up.",
+    )
+    step_cache_threshold: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="The cache tier's First-Block cache threshold: higher skips more steps "
+        "and changes images more.",
+    )
+    warmup: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["auto"],
+        description="Sizes (WxH, comma-separated) each model generates once at start, so "
+        "compilation happens before the first job: auto (each model's default size when "
+        "compiling), off, or a list such as 1024x1024,768x1344.",
+    )
+    memory_preset: Literal["auto", "none", "80gb", "24gb", "16gb", "12gb"] = Field(
+        "auto",
+        description="Fit the models in a GPU's memory: 80gb (all on the GPU), 24gb, 16gb or "
+        "12gb (quantised transformer, offloaded text encoders), none, or auto (from the GPU's "
+        "size).",
+    )
     job_retention: float = Field(
         86400.0,
         gt=0,
@@ -196,7 +227,7 @@ class Settings(BaseSettings):
         "info", description="Logging level: debug, info, warning, error, critical."
     )
 
-    _split_model = field_validator("model", "alias", mode="before")(_split_list)
+    _split_model = field_validator("model", "alias", "tier", "warmup", mode="before")(_split_list)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -211,6 +242,30 @@ class Settings(BaseSettings):
             if not sep or not name.strip() or not target.strip():
                 raise ValueError(f"alias {item!r} must look like NAME=MODEL")
         return aliases
+
+    @field_validator("tier")
+    @classmethod
+    def _check_tier(cls, items: list[str]) -> list[str]:
+        from fluxserve.runtime.tiers import Tier  # torch-free
+
+        allowed = {tier.value for tier in Tier}
+        for item in items:
+            if item.rpartition("=")[2].strip() not in allowed:
+                raise ValueError(
+                    f"tier {item!r} must be TIER or MODEL=TIER, TIER one of {', '.join(allowed)}"
+                )
+        return items
+
+    @field_validator("warmup")
+    @classmethod
+    def _check_warmup(cls, sizes: list[str]) -> list[str]:
+        for size in sizes:
+            if size in ("auto", "off"):
+                continue
+            width, sep, height = size.partition("x")
+            if not (sep and width.isdigit() and height.isdigit()):
+                raise ValueError(f"warmup size {size!r} must be WxH (e.g. 1024x1024), auto or off")
+        return sizes
 
     @field_validator("database")
     @classmethod
@@ -287,6 +342,10 @@ class Settings(BaseSettings):
     @property
     def results_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        return self.data_dir / "compile-cache"
 
     @property
     def models_dir(self) -> Path:

@@ -65,7 +65,8 @@ class GenerationRequest:
     prompt_upsampling: bool = False
     endpoint: str = ""
     num_images: int = 1  # made as one batch, all from this seed's noise
-    acceleration: str = "none"  # fal's speed tier; given meaning by the performance engine
+    # fal's speed tier (none, regular, high); None: the tier its model was loaded at.
+    acceleration: str | None = None
     # Delivery, not generation: answer with data: URIs rather than links (fal's sync_mode).
     inline_images: bool = False
     task: Task = Task.TEXT_TO_IMAGE

@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from fluxserve.config import Settings
 from fluxserve.engine.batcher import BatchPolicy
@@ -16,9 +17,13 @@ from fluxserve.engine.signals import Flag, Wakeup
 from fluxserve.engine.worker import Worker, WorkerOptions
 from fluxserve.prompting.upsample import UpsamplingFailed, build_upsampler
 from fluxserve.runtime.provenance import c2pa_signer
+from fluxserve.runtime.tiers import parse_tiers
 from fluxserve.runtime.watermark import watermarker
 from fluxserve.safety.setup import SafetySetup, build_checks
 from fluxserve.weights import ResolvedModel
+
+if TYPE_CHECKING:
+    from fluxserve.runtime.diffusers_runner import FluxRunner
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +56,13 @@ def run_worker(
         threads=settings.torch_threads,
         on_demand=settings.load_models == "on-demand",
         prompt_cache_bytes=settings.prompt_cache_mb * 1024 * 1024,
+        tiers=parse_tiers(settings.tier, [model.name for model in models]),
+        compile_mode=settings.compile,
+        compile_cache_dir=settings.compile_cache_dir,
+        step_cache_threshold=settings.step_cache_threshold,
     )
     runner.load()
+    warm_up(runner, settings.warmup)
     device = str(pick_device(settings.device))
     checks = build_checks(safety, settings, device)
     checks.load()
@@ -83,6 +93,18 @@ def run_worker(
         Worker(store, storage, runner, options, wake, stop, moderation).run()
     finally:
         store.close()
+
+
+def warm_up(runner: FluxRunner, warmup: list[str]) -> None:
+    """``--warmup``: auto warms each model at its default size when it was compiled (the
+    first call compiles; a job should not wait for that), off skips, WxH lists sizes."""
+    if "off" in warmup:
+        return
+    sizes = [tuple(map(int, size.split("x"))) for size in warmup if size != "auto"]
+    if sizes:
+        runner.warm_up(sizes)
+    elif any(plan.compile for plan in runner.tier_plans.values()):
+        runner.warm_up()
 
 
 def _stop_when_orphaned(parent_pid: int, stop: Flag, wake: Wakeup) -> None:

@@ -1,2 +1,3 @@
 """The only package that imports torch, diffusers and transformers (``base``,
-``postprocess`` and ``provenance`` excepted, which the engine uses without them)."""
+``postprocess``, ``provenance`` and ``tiers`` excepted, which the engine and the settings
+use without them)."""

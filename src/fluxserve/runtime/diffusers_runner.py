@@ -8,6 +8,7 @@ uses it. Image-to-image runs on a text-to-image model's own modules (``from_pipe
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import diffusers
@@ -27,7 +28,17 @@ from fluxserve.errors import GenerationCancelled, ModelLoadError
 from fluxserve.imageops import reference_sheet
 from fluxserve.runtime.base import GenerationInputs, OnStep, ShouldStop
 from fluxserve.runtime.device import configure_threads, pick_device, pick_dtype
+from fluxserve.runtime.optimize import apply_plan, probe, set_step_cache, use_compile_cache
 from fluxserve.runtime.prompt_cache import PromptCache
+from fluxserve.runtime.tiers import (
+    STEP_CACHE_THRESHOLD,
+    Capabilities,
+    Tier,
+    TierPlan,
+    job_tier,
+    plan_tier,
+)
+from fluxserve.sizing import size_for_aspect
 from fluxserve.specs import ModelKind
 from fluxserve.weights import ResolvedModel, component_fingerprint
 
@@ -66,8 +77,20 @@ class FluxRunner:
         threads: int | None = None,
         on_demand: bool = False,
         prompt_cache_bytes: int = 256 * 1024 * 1024,
+        tiers: dict[str, Tier] | None = None,
+        compile_mode: str = "auto",
+        compile_cache_dir: Path | None = None,
+        step_cache_threshold: float = STEP_CACHE_THRESHOLD,
     ) -> None:
         self.models = {model.name: model for model in models}
+        # The tier each model is optimised for; a job may ask for less (fal's acceleration).
+        self.tiers = {name: (tiers or {}).get(name, Tier.LOSSLESS) for name in self.models}
+        self.tier_plans: dict[str, TierPlan] = {}
+        self._compile_mode = compile_mode
+        self._compile_cache_dir = compile_cache_dir
+        self._step_cache_threshold = step_cache_threshold
+        self._caps = Capabilities(device_type="cpu")
+        self._optimised: set[int] = set()  # ids of modules already optimised (shared VAE)
         self.prompt_cache = PromptCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
         self.on_demand = on_demand  # load each model when its first job arrives
         self.model_names = list(self.models)
@@ -87,6 +110,7 @@ class FluxRunner:
         transformers.utils.logging.disable_progress_bar()
         self._device = pick_device(self._requested_device)
         self._dtype = pick_dtype(self._device)
+        self._caps = probe(self._device)
         threads = configure_threads(self._device, self._threads)
         if self.on_demand:
             logger.info("serving %s on %s; each model loads with its first job",
@@ -108,10 +132,46 @@ class FluxRunner:
         self.pipelines[model.name] = pipeline.to(self._device)
         for name, fp in fingerprints.items():
             self._loaded.setdefault(fp, getattr(pipeline, name))
+        self._optimise(model.name, self.pipelines[model.name])
         if reuse:
             self.shared[model.name] = sorted(reuse)
             logger.info("%s shares %s with a model loaded before it", model.name,
                         ", ".join(sorted(reuse)))  # fmt: skip
+
+    def _optimise(self, name: str, pipeline: Any) -> None:
+        plan = plan_tier(
+            self.tiers[name],
+            self._caps,
+            self._compile_mode,
+            cache_threshold=self._step_cache_threshold,
+        )
+        for note in plan.notes:  # what this machine cannot run, and what runs instead
+            logger.warning("%s: %s", name, note)
+        if plan.compile and self._compile_cache_dir is not None:
+            use_compile_cache(self._compile_cache_dir)
+        apply_plan(pipeline, plan, self._optimised)
+        self.tier_plans[name] = plan
+        logger.info("%s: %s", name, plan.describe())
+
+    def _use_tier(self, request: GenerationRequest, pipeline: Any) -> None:
+        """Turn the step cache on for jobs at the cache tier and off for the others."""
+        plan = self.tier_plans[request.model]
+        if plan.step_cache:
+            tier = job_tier(request.acceleration, self.tiers[request.model])
+            set_step_cache(pipeline.transformer, tier is Tier.CACHE, plan.cache_threshold)
+
+    def warm_up(self, sizes: list[tuple[int, int]] | None = None) -> None:
+        """Generate once per model at each size (default: the model's default size), so
+        compilation and kernel selection happen before the first job, not during it."""
+        for name, model in self.models.items():
+            if name not in self.pipelines:
+                continue  # on demand: it warms up with its first job
+            spec = model.spec
+            for width, height in sizes or [size_for_aspect(1.0, spec.base_area)]:
+                request = warmup_request(name, spec.kind, width, height)
+                inputs = warmup_inputs(spec.kind, width, height)
+                self.generate(request, inputs, lambda done, total: None, lambda: False)
+                logger.info("%s warmed up at %dx%d", name, width, height)
 
     @staticmethod
     def _fingerprints(model: ResolvedModel) -> dict[str, str]:
@@ -165,6 +225,7 @@ class FluxRunner:
     ) -> list[Image.Image]:
         pipeline = self._pipeline_for(request)
         spec = self.models[request.model].spec
+        self._use_tier(request, pipeline)
         step_end = StepCallback(on_step, should_stop, request.steps)
 
         # Noise from a seeded CPU generator: the same seed gives the same image on any device.
@@ -205,6 +266,7 @@ class FluxRunner:
             raise ValueError("a batch takes single-image requests that share a batch key")
         pipeline = self._pipeline_for(first)
         spec = self.models[first.model].spec
+        self._use_tier(first, pipeline)  # the tier is part of the batch key
         step_end = StepCallback(on_step, should_stop, first.steps)
 
         prompts = [
@@ -287,3 +349,31 @@ def kontext_area(request: GenerationRequest) -> dict[str, Any]:
     # Kontext rescales every output to ``max_area`` (default 1 MP) at the requested shape;
     # the API already chose the size, so the area is exactly that size's.
     return {"max_area": request.width * request.height}
+
+
+# A warm-up job's steps: enough for every compiled region to run, far fewer than a job's.
+WARMUP_STEPS = 2
+
+
+def warmup_request(model: str, kind: ModelKind, width: int, height: int) -> GenerationRequest:
+    task = {ModelKind.KONTEXT: Task.EDIT, ModelKind.FILL: Task.FILL}.get(kind, Task.TEXT_TO_IMAGE)
+    return GenerationRequest(
+        model=model,
+        prompt="warm-up",
+        width=width,
+        height=height,
+        steps=WARMUP_STEPS,
+        guidance=3.5,
+        seed=0,
+        task=task,
+    )
+
+
+def warmup_inputs(kind: ModelKind, width: int, height: int) -> GenerationInputs:
+    """Editing and fill models need an image (and a mask) to run at all."""
+    if kind is ModelKind.KONTEXT:
+        return GenerationInputs(images=[Image.new("RGB", (width, height), "gray")])
+    if kind is ModelKind.FILL:
+        mask = Image.new("L", (width, height), 255)
+        return GenerationInputs(images=[Image.new("RGB", (width, height), "gray")], mask=mask)
+    return GenerationInputs()

@@ -37,9 +37,18 @@ def to_generation_request(endpoint: str, inputs: _Input, spec: ModelSpec) -> Gen
         height=height,
         steps=_steps(spec, steps),
         guidance=spec.effective_guidance(guidance),
-        acceleration=inputs.acceleration if isinstance(inputs, FluxInput) else "none",
+        acceleration=_acceleration(inputs),
         **_common(endpoint, inputs, spec),
     )
+
+
+def _acceleration(inputs: object) -> str | None:
+    """The speed tier the client asked for; None when it did not ask (the model's tier)."""
+    # Endpoints without the field keep unknown fields: an "acceleration" there means nothing.
+    declared = "acceleration" in getattr(type(inputs), "model_fields", {})
+    if not declared or "acceleration" not in inputs.model_fields_set:  # type: ignore[attr-defined]
+        return None
+    return inputs.acceleration  # type: ignore[attr-defined]
 
 
 def _steps(spec: ModelSpec, steps: int | None) -> int:
@@ -84,7 +93,7 @@ def kontext_dev_request(
         height=height,
         steps=_steps(spec, inputs.num_inference_steps),
         guidance=spec.effective_guidance(inputs.guidance_scale),
-        acceleration=inputs.acceleration,
+        acceleration=_acceleration(inputs),
         task=Task.EDIT,
         **_common(endpoint, inputs, spec),
     )
@@ -125,7 +134,7 @@ def image_to_image_request(
         height=height,
         steps=steps,
         guidance=spec.effective_guidance(inputs.guidance_scale),
-        acceleration=inputs.acceleration,
+        acceleration=_acceleration(inputs),
         task=Task.IMAGE_TO_IMAGE,
         strength=inputs.strength,
         **_common(endpoint, inputs, spec),
