@@ -101,6 +101,7 @@ def test_compile_is_auto_on_cuda_only_and_falls_back_without_a_backend():
 
 
 def test_weights_a_memory_preset_quantised_are_not_quantised_again():
+    assert not plan_tier(Tier.LOSSLESS, H200, weights_quantized=True).fuse_qkv
     plan = plan_tier(Tier.FP8, H200, weights_quantized=True)
     assert not plan.fp8_weights
     assert any("memory preset" in note for note in plan.notes)
@@ -237,3 +238,12 @@ def test_warm_up_runs_every_kind_of_model(tiny_model_dir, tiny_kontext_dir, tiny
     block.register_forward_hook(lambda *_: steps.append(1))
     runner.warm_up([(64, 64)])
     assert steps == [1, 1]  # two warm-up steps
+
+
+def test_a_memory_preset_on_cpu_resolves_to_none_and_says_so(tiny_model_dir, caplog):
+    caplog.set_level(logging.INFO, logger="fluxserve")
+    runner = FluxRunner([resolved(tiny_model_dir)], memory_preset="12gb")
+    runner.load()
+    assert runner.memory_plan.preset == "none"
+    assert "memory preset 12gb resolves to none on cpu" in caplog.text
+    assert generate(runner, request()).std() > 0

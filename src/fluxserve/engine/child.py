@@ -60,6 +60,7 @@ def run_worker(
         compile_mode=settings.compile,
         compile_cache_dir=settings.compile_cache_dir,
         step_cache_threshold=settings.step_cache_threshold,
+        memory_preset=settings.memory_preset,
     )
     runner.load()
     warm_up(runner, settings.warmup)

@@ -28,6 +28,14 @@ from fluxserve.errors import GenerationCancelled, ModelLoadError
 from fluxserve.imageops import reference_sheet
 from fluxserve.runtime.base import GenerationInputs, OnStep, ShouldStop
 from fluxserve.runtime.device import configure_threads, pick_device, pick_dtype
+from fluxserve.runtime.memory import (
+    NONE_PLAN,
+    MemoryPlan,
+    place_pipeline,
+    probe_gpu,
+    quantization_config,
+    resolve_memory_plan,
+)
 from fluxserve.runtime.optimize import apply_plan, probe, set_step_cache, use_compile_cache
 from fluxserve.runtime.prompt_cache import PromptCache
 from fluxserve.runtime.tiers import (
@@ -81,6 +89,7 @@ class FluxRunner:
         compile_mode: str = "auto",
         compile_cache_dir: Path | None = None,
         step_cache_threshold: float = STEP_CACHE_THRESHOLD,
+        memory_preset: str = "none",
     ) -> None:
         self.models = {model.name: model for model in models}
         # The tier each model is optimised for; a job may ask for less (fal's acceleration).
@@ -91,6 +100,8 @@ class FluxRunner:
         self._step_cache_threshold = step_cache_threshold
         self._caps = Capabilities(device_type="cpu")
         self._optimised: set[int] = set()  # ids of modules already optimised (shared VAE)
+        self._memory_preset = memory_preset
+        self.memory_plan: MemoryPlan = NONE_PLAN
         self.prompt_cache = PromptCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
         self.on_demand = on_demand  # load each model when its first job arrives
         self.model_names = list(self.models)
@@ -101,7 +112,7 @@ class FluxRunner:
         self._img2img: dict[str, FluxImg2ImgPipeline] = {}
         self.shared: dict[str, list[str]] = {}  # model -> components it got from another
         self._loaded: dict[str, Any] = {}  # component fingerprint -> the module loaded
-        self._device: str | torch.device = "cpu"
+        self._device = torch.device("cpu")
         self._dtype = torch.float32
 
     def load(self) -> None:
@@ -111,6 +122,7 @@ class FluxRunner:
         self._device = pick_device(self._requested_device)
         self._dtype = pick_dtype(self._device)
         self._caps = probe(self._device)
+        self._plan_memory()
         threads = configure_threads(self._device, self._threads)
         if self.on_demand:
             logger.info("serving %s on %s; each model loads with its first job",
@@ -121,15 +133,31 @@ class FluxRunner:
         logger.info("loaded %s on %s (%s, %d CPU threads)",
                     self.name, self._device, self._dtype, threads)  # fmt: skip
 
+    def _plan_memory(self) -> None:
+        total, capability = probe_gpu(self._device)
+        plan, notes = resolve_memory_plan(
+            self._memory_preset, self._device.type, total, capability=capability
+        )
+        quiet = self._memory_preset == "auto" and self._device.type != "cuda"
+        for note in [] if quiet else notes:  # auto on a CPU has nothing to say
+            logger.warning("%s", note)
+        self.memory_plan = plan
+        if plan.preset != "none":
+            logger.info("memory: %s", plan.describe())
+
     def _load_model(self, model: ResolvedModel) -> None:
         if model.needs_build:
             from fluxserve.runtime.tiny import make_tiny
 
             make_tiny(model.path, model.spec.source.removeprefix("builtin:"))
-        fingerprints = self._fingerprints(model) if len(self.models) > 1 else {}
+        # Model offload hooks belong to one pipeline: modules it moves are not shared.
+        share = len(self.models) > 1 and self.memory_plan.offload != "model"
+        fingerprints = self._fingerprints(model) if share else {}
         reuse = {name: self._loaded[fp] for name, fp in fingerprints.items() if fp in self._loaded}
-        pipeline = self._load_one(model, self._dtype, reuse)
-        self.pipelines[model.name] = pipeline.to(self._device)
+        quantization = quantization_config(self.memory_plan, self._dtype)
+        pipeline = self._load_one(model, self._dtype, reuse, quantization)
+        place_pipeline(pipeline, self.memory_plan, self._device)
+        self.pipelines[model.name] = pipeline
         for name, fp in fingerprints.items():
             self._loaded.setdefault(fp, getattr(pipeline, name))
         self._optimise(model.name, self.pipelines[model.name])
@@ -143,6 +171,7 @@ class FluxRunner:
             self.tiers[name],
             self._caps,
             self._compile_mode,
+            weights_quantized=self.memory_plan.transformer_weights != "model-dtype",
             cache_threshold=self._step_cache_threshold,
         )
         for note in plan.notes:  # what this machine cannot run, and what runs instead
@@ -179,7 +208,9 @@ class FluxRunner:
         return {name: fp for name, fp in found.items() if fp is not None}
 
     @staticmethod
-    def _load_one(model: ResolvedModel, dtype: torch.dtype, reuse: dict[str, Any]) -> Any:
+    def _load_one(
+        model: ResolvedModel, dtype: torch.dtype, reuse: dict[str, Any], quantization: Any = None
+    ) -> Any:
         if model.spec.random_weights:
             logger.warning(
                 "model %r has random weights: its images are noise. It is for trying the API "
@@ -188,6 +219,8 @@ class FluxRunner:
             )
         pipeline_class = PIPELINE_CLASSES.get(model.spec.kind, FluxPipeline)
         try:
+            if quantization is not None:
+                reuse = {**reuse, "quantization_config": quantization}
             pipeline = pipeline_class.from_pretrained(model.path, dtype=dtype, **reuse)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"Could not load {model.name} from {model.path}: {exc}") from exc

@@ -139,7 +139,8 @@ def plan_tier(
     return TierPlan(
         tier=tier,
         effective=effective,
-        fuse_qkv=True,
+        # Fusing concatenates the Q, K and V weights; quantised weights cannot be.
+        fuse_qkv=not weights_quantized,
         attention_backend=caps.attention_backends[0] if caps.attention_backends else None,
         compile=compile_now,
         fp8_weights=fp8,
