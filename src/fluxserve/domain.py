@@ -124,6 +124,23 @@ class JobReport:
         return cls(**{k: v for k, v in (data or {}).items() if k in known})
 
 
+@dataclass(frozen=True)
+class Webhook:
+    """Where to announce a job's end: BFL's ``webhook_url`` / ``webhook_secret`` or fal's
+    ``?fal_webhook=``; ``dialect`` picks the payload's shape."""
+
+    url: str
+    dialect: str  # "bfl" or "fal"
+    secret: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Webhook | None:
+        return cls(**data) if data else None
+
+
 @dataclass
 class Job:
     """One row of the job table: the queue entry and the system of record."""
@@ -144,6 +161,13 @@ class Job:
     error_message: str | None = None
     cancel_requested: bool = False
     report: JobReport = field(default_factory=JobReport)
+    owner: str = ""  # the id of the API key that made it; "" with --auth off
+    idempotency_key: str | None = None
+    batch_size: int | None = None  # how many jobs ran in its batch
+    webhook: Webhook | None = None
+    webhook_state: str | None = None  # pending, delivered or failed
+    webhook_attempts: int = 0
+    webhook_error: str | None = None
 
     @property
     def model(self) -> str:

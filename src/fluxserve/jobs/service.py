@@ -10,12 +10,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 from PIL import Image
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from fluxserve.domain import GenerationRequest, Job, JobStatus
+from fluxserve.domain import GenerationRequest, Job, JobStatus, Webhook
 from fluxserve.errors import JobNotFound
 from fluxserve.safety.policy import SafetyPolicy
 from fluxserve.storage.base import BlobStorage, input_key, job_prefixes
@@ -26,6 +28,19 @@ T = TypeVar("T")
 
 WAIT_POLL_MIN = 0.005  # seconds between store reads while a caller waits for a job
 WAIT_POLL_MAX = 0.05
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Who submits a job and how: the caller's API key, the client's Idempotency-Key and
+    where to announce the end."""
+
+    owner: str = ""  # the API key's id; "" with --auth off
+    idempotency_key: str | None = None
+    webhook: Webhook | None = None
+
+
+ANONYMOUS = Submission()
 
 
 class JobService:
@@ -48,16 +63,29 @@ class JobService:
         request: GenerationRequest,
         images: Sequence[Image.Image] = (),
         mask: Image.Image | None = None,
+        submission: Submission = ANONYMOUS,
     ) -> Job:
         """Queue a job and wake the workers; returns the stored job.
+
+        A submit carrying an Idempotency-Key its owner used before returns that first job
+        instead of making another.
 
         Input images (already checked by the API) are stored with the job before it is
         queued, so the worker that claims it, or retries it after a crash, finds them. A
         prompt the safety policy refuses makes a job that has already ended,
         request_moderated, and queues nothing.
         """
+        if submission.idempotency_key is not None:
+            earlier = self.store.find_idempotent(submission.owner, submission.idempotency_key)
+            if earlier is not None:
+                return earlier
         job_id = str(uuid.uuid4())
         request, report, refusal = self.policy.admit(request)
+        owned = {
+            "owner": submission.owner,
+            "idempotency_key": submission.idempotency_key,
+            "webhook": submission.webhook,
+        }
         if refusal is not None:
             now = time.time()
             job = Job(
@@ -69,9 +97,10 @@ class JobService:
                 error_code="request_moderated",
                 error_message=refusal,
                 report=report,
+                **owned,
             )
             logger.info("job %s refused before queueing: %s", job_id, refusal)
-            return self.store.create(job)
+            return self._create(job, submission)
         try:
             stored = [self._put_input(job_id, str(n), image) for n, image in enumerate(images)]
             mask_key = self._put_input(job_id, "mask", mask) if mask is not None else None
@@ -80,23 +109,39 @@ class JobService:
             raise
         if stored or mask_key:
             request = dataclasses.replace(request, input_keys=tuple(stored), mask_key=mask_key)
-        job = Job(id=job_id, request=request, created_at=time.time(), report=report)
+        job = Job(id=job_id, request=request, created_at=time.time(), report=report, **owned)
         try:
-            self.store.create(job)
+            created = self._create(job, submission)
         except Exception:
             self._delete_blobs(job_id)
             raise
+        if created.id != job_id:  # a concurrent retry with the same key won the race
+            self._delete_blobs(job_id)
+            return created
         self._notify()
-        return job
+        return created
+
+    def _create(self, job: Job, submission: Submission) -> Job:
+        """Store ``job``; when a concurrent submit with the same Idempotency-Key stored its
+        job first, that job (the unique index decides)."""
+        try:
+            return self.store.create(job)
+        except IntegrityError:
+            key = submission.idempotency_key
+            earlier = self.store.find_idempotent(submission.owner, key) if key else None
+            if earlier is None:
+                raise
+            return earlier
 
     async def submit_async(
         self,
         request: GenerationRequest,
         images: Sequence[Image.Image] = (),
         mask: Image.Image | None = None,
+        submission: Submission = ANONYMOUS,
     ) -> Job:
         """``submit`` from async code: storage and store writes run in the thread pool."""
-        return await run_in_threadpool(self.submit, request, images, mask)
+        return await run_in_threadpool(self.submit, request, images, mask, submission)
 
     def _put_input(self, job_id: str, name: str, image: Image.Image) -> str:
         key = input_key(job_id, name)
@@ -122,10 +167,16 @@ class JobService:
             logger.info("deleted %d job(s) older than the retention period", len(ids))
         return len(ids)
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str, owner: str | None = None) -> Job | None:
+        """The job, or None when there is none or it belongs to another key than ``owner``
+        (None: any owner, for the server's own use): another key's job looks exactly like
+        one that does not exist."""
         if not _is_job_id(job_id):  # never a job: no query (PostgreSQL refuses NUL bytes)
             return None
-        return self.store.get(job_id)
+        job = self.store.get(job_id)
+        if job is None or (owner is not None and job.owner != owner):
+            return None
+        return job
 
     async def read(self, function: Callable[..., T], *args: object) -> T:
         """``function(*args)`` from async code: inline on SQLite (a WAL read never waits, and
@@ -139,9 +190,9 @@ class JobService:
         """Queued jobs of the same model ahead of ``job`` (which the caller has just read)."""
         return self.store.queue_position(job)
 
-    def cancel(self, job_id: str) -> JobStatus | None:
+    def cancel(self, job_id: str, owner: str | None = None) -> JobStatus | None:
         """Cancel a queued job, or ask its worker to stop a running one at the next step."""
-        if not _is_job_id(job_id):
+        if self.get(job_id, owner) is None:
             return None
         return self.store.request_cancel(job_id)
 

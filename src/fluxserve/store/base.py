@@ -20,6 +20,10 @@ class JobStore(Protocol):
 
     def get(self, job_id: str) -> Job | None: ...
 
+    def find_idempotent(self, owner: str, idempotency_key: str) -> Job | None:
+        """The job ``owner`` submitted with ``idempotency_key``, if any."""
+        ...
+
     def queue_position(self, job: Job) -> int | None:
         """How many queued jobs of the same model are ahead of this one (None if not queued)."""
         ...

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from fluxserve.domain import GenerationRequest, Job, JobReport, JobStatus
+from fluxserve.domain import GenerationRequest, Job, JobReport, JobStatus, Webhook
 from fluxserve.states import sources_of
 
 metadata = sa.MetaData()
@@ -40,8 +40,49 @@ jobs = sa.Table(
     sa.Column("report", sa.Text),
     # GenerationRequest.batch_key: queued jobs that can share a batch (claim_batch).
     sa.Column("batch_key", sa.String(400)),
+    # The API key that made the job ("" with --auth off); only it may read the job.
+    sa.Column("owner", sa.String(32), nullable=False, default=""),
+    # A client's Idempotency-Key: a retried submit with the same key gets the same job.
+    sa.Column("idempotency_key", sa.String(200)),
+    sa.Column("batch_size", sa.Integer),  # how many jobs ran in its batch
+    # Webhook delivery: JSON {"url", "secret", "dialect"}; state pending/delivered/failed.
+    sa.Column("webhook", sa.Text),
+    sa.Column("webhook_state", sa.String(16)),
+    sa.Column("webhook_attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("webhook_next_at", sa.Float),
+    sa.Column("webhook_error", sa.Text),
     sa.Index("ix_jobs_claim", "status", "model", "seq"),
     sa.Index("ix_jobs_batch", "status", "batch_key", "seq"),
+    sa.Index("ix_jobs_owner", "owner", "status"),
+    sa.Index("ux_jobs_idempotency", "owner", "idempotency_key", unique=True),
+    sa.Index("ix_jobs_webhook", "webhook_state", "webhook_next_at"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # public: named in logs and the CLI
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),  # sha256 of the secret
+    sa.Column("prefix", sa.String(16), nullable=False),  # the secret's first characters
+    sa.Column("max_active", sa.Integer, nullable=False),
+    sa.Column("rate_per_minute", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("models", sa.Text, nullable=False),  # JSON list
+    sa.Column("device", sa.String(64), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
+    sa.Column("current_job", sa.String(64)),
+    sa.Column("gpu_memory_bytes", sa.BigInteger),
+    sa.Column("gpu_memory_peak_bytes", sa.BigInteger),
 )
 
 _RUNNING = JobStatus.RUNNING.value
@@ -70,6 +111,13 @@ def row_to_job(row: Any) -> Job:
         error_message=m["error_message"],
         cancel_requested=bool(m["cancel_requested"]),
         report=JobReport.from_dict(json.loads(m["report"]) if m["report"] else None),
+        owner=m["owner"],
+        idempotency_key=m["idempotency_key"],
+        batch_size=m["batch_size"],
+        webhook=Webhook.from_dict(json.loads(m["webhook"]) if m["webhook"] else None),
+        webhook_state=m["webhook_state"],
+        webhook_attempts=m["webhook_attempts"],
+        webhook_error=m["webhook_error"],
     )
 
 
@@ -109,6 +157,15 @@ class SqlJobStore:
     def get(self, job_id: str) -> Job | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+        return row_to_job(row) if row else None
+
+    def find_idempotent(self, owner: str, idempotency_key: str) -> Job | None:
+        """The job ``owner`` submitted with ``idempotency_key``, if any."""
+        stmt = sa.select(jobs).where(
+            jobs.c.owner == owner, jobs.c.idempotency_key == idempotency_key
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
         return row_to_job(row) if row else None
 
     def queue_position(self, job: Job) -> int | None:
@@ -153,6 +210,12 @@ class SqlJobStore:
             "finished_at": job.finished_at,
             "error_code": job.error_code,
             "error_message": job.error_message,
+            "owner": job.owner,
+            "idempotency_key": job.idempotency_key,
+            "webhook": json.dumps(job.webhook.to_dict()) if job.webhook else None,
+            # A job created ended (refused) is announced at once, like any other end.
+            "webhook_state": "pending" if job.webhook else None,
+            "webhook_attempts": 0,
         }
         with self.engine.begin() as conn:
             seq = conn.execute(jobs.insert().values(**values).returning(jobs.c.seq)).scalar_one()
