@@ -32,11 +32,13 @@ def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
     raise AssertionError(f"server not ready after {timeout} s: {client.get('/readyz').json()}")
 
 
-def poll_result(client, job_id: str, timeout: float = 60.0) -> dict:
+def poll_result(
+    client, job_id: str, timeout: float = 60.0, headers: dict[str, str] | None = None
+) -> dict:
     """Poll get_result until the task leaves Pending; returns the last body."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = client.get("/v1/get_result", params={"id": job_id}).json()
+        body = client.get("/v1/get_result", params={"id": job_id}, headers=headers).json()
         if body["status"] != "Pending":
             return body
         time.sleep(0.01)

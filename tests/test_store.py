@@ -204,3 +204,18 @@ def test_claim_batch_of_one_is_a_claim(store):
     store.create(make_sized_job("b", 256, seed=2))
     assert [job.id for job in store.claim_batch("w", ["tiny"], 30, limit=1)] == ["a"]
     assert store.get("b").status is JobStatus.QUEUED
+
+
+def test_the_purge_keeps_a_job_whose_webhook_is_still_being_delivered(store):
+    from fluxserve.domain import Webhook
+
+    plain, announced = make_job("plain"), make_job("announced")
+    announced.webhook = Webhook("https://receiver.example/hook", "bfl")
+    for job in (plain, announced):
+        store.create(job)
+        claimed = store.claim("w", ["tiny"], 30)
+        store.complete(claimed.id, claimed.attempt, [])
+    later = time.time() + 10
+    assert store.ended_before(later) == ["plain"]
+    store.record_webhook("announced", 0, "delivered", None, None)
+    assert sorted(store.ended_before(later)) == ["announced", "plain"]

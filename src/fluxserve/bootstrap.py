@@ -16,15 +16,19 @@ from typing import IO, Any
 
 from fluxserve.backends import open_storage, open_store
 from fluxserve.config import Settings
+from fluxserve.domain import Job
 from fluxserve.errors import ConfigurationError, DataDirLocked
 from fluxserve.imageinput import ImageReader
+from fluxserve.jobs.access import Admission, KeyRing
 from fluxserve.jobs.routing import ModelRouter
 from fluxserve.jobs.service import JobService
+from fluxserve.jobs.webhooks import WebhookDispatcher
 from fluxserve.runtime.tiers import parse_tiers
 from fluxserve.safety.policy import SafetyPolicy
 from fluxserve.safety.setup import SafetySetup, resolve_safety
 from fluxserve.safety.terms import load_terms
 from fluxserve.storage.base import BlobStorage
+from fluxserve.store.keys import KeyStore
 from fluxserve.store.sql import SqlJobStore
 from fluxserve.weights import ResolvedModel, resolve_model
 
@@ -57,7 +61,9 @@ class Services:
     router: ModelRouter
     safety: SafetySetup = field(default_factory=SafetySetup)
     workers: Any = None  # engine.pool.WorkerPool, imported lazily
+    webhooks: WebhookDispatcher | None = None
     jobs: JobService = field(init=False)
+    keys: KeyRing = field(init=False)
     images: ImageReader = field(init=False)
     started_at: float = field(default_factory=time.time)
     _lock: IO[str] | None = field(default=None, repr=False)
@@ -66,13 +72,21 @@ class Services:
         policy = SafetyPolicy(
             load_terms(self.settings.blocked_terms), self.settings.max_safety_tolerance
         )
+        key_store = KeyStore(self.store.engine)
+        self.keys = KeyRing(key_store)
         self.jobs = JobService(
-            self.store, self.storage, self.notify, self.settings.result_url_ttl, policy
+            self.store,
+            self.storage,
+            self.notify,
+            self.settings.result_url_ttl,
+            policy,
+            Admission(key_store, self.settings.max_queue),
         )
         self.images = ImageReader(self.settings.image_limits, self.settings.url_policy)
 
     def start(self) -> None:
         """Recover jobs left running by a previous server, then start the workers."""
+        self.check_auth()
         if not self.store.shared:
             self._lock = self._lock or lock_data_dir(self.settings)
             # Only this server uses this SQLite file (the lock above), so every job still
@@ -101,10 +115,52 @@ class Services:
             safety=self.safety,
         )
         self.workers.start()
+        # Every server process delivers webhooks (claims keep replicas from doubling up).
+        self.webhooks = WebhookDispatcher(
+            self.store,
+            self.webhook_payload,
+            self.settings.url_policy,
+            timeout=self.settings.webhook_timeout,
+            retry_window=self.settings.webhook_retry_window,
+        )
+        self.webhooks.start()
+
+    def webhook_payload(self, job: Job) -> dict[str, Any]:
+        """The JSON announcing ``job``'s end in its submit's dialect, with fresh signed
+        image URLs on the base URL the submit used (the dialects are imported late: the
+        API package imports this module)."""
+        assert job.webhook is not None
+        base = job.webhook.base_url or self.settings.public_url or ""
+        if job.webhook.dialect == "fal":
+            from fluxserve.api.fal import convert as fal_convert
+
+            inline = job.request.inline_images  # sync_mode: data: URIs, as its result has
+            images = self.jobs.data_uris(job) if inline else self.jobs.result_urls(job, base)
+            return fal_convert.webhook_payload(job, images)
+        from fluxserve.api.bfl import convert as bfl_convert
+
+        return bfl_convert.webhook_payload(job, self.jobs.result_urls(job, base))
+
+    def check_auth(self) -> None:
+        """A server that requires keys and has none would refuse everyone: refuse to start."""
+        if self.settings.auth_required and not self.keys.keys.has_live_keys():
+            raise ConfigurationError(
+                f"--host {self.settings.host} is not a loopback address, so API keys are "
+                "required, and there are none: create one with `fluxserve keys create --name "
+                "NAME` (with the same --data-dir / --database), or pass --auth off to serve "
+                "without keys."
+                if self.settings.auth == "auto"
+                else "--auth required and there are no API keys: create one with "
+                "`fluxserve keys create --name NAME`, or pass --auth off."
+            )
 
     def stop(self) -> None:
         if self.workers is not None:
             self.workers.stop()
+        # Deliveries still pending are in the job table: the next start makes them.
+        if self.webhooks is not None:
+            self.webhooks.stop()
+            self.webhooks = None
         self.store.close()
         if self._lock is not None:
             self._lock.close()

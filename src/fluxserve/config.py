@@ -5,6 +5,7 @@ CLI flags map one to one onto these fields. Nothing here is built at import time
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import ssl
 from pathlib import Path
@@ -128,6 +129,17 @@ class Settings(BaseSettings):
         description="Device memory (MB) for cached prompt embeddings: a repeated prompt skips "
         "the text encoders. 0 turns the cache off.",
     )
+    auth: Literal["auto", "required", "off"] = Field(
+        "auto",
+        description="API keys: required (every request needs a key made with `fluxserve keys "
+        "create`), off, or auto (required when --host is not a loopback address).",
+    )
+    max_queue: int = Field(
+        1000,
+        ge=1,
+        description="Queued jobs the server holds at most; past it submits get 503 with "
+        "Retry-After.",
+    )
     tier: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["lossless"],
         description="Optimisation tier: lossless (bf16, fused QKV, best attention kernel, "
@@ -167,8 +179,8 @@ class Settings(BaseSettings):
     )
     allow_private_urls: bool = Field(
         False,
-        description="Let image URLs point at loopback, private and link-local addresses "
-        "(refused by default: a server-side request forgery guard).",
+        description="Let image and webhook URLs point at loopback, private and link-local "
+        "addresses (refused by default: a server-side request forgery guard).",
     )
     max_image_bytes: int = Field(
         20 * 1024 * 1024, ge=1024, description="Largest input image file, in bytes."
@@ -226,10 +238,27 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Logging level: debug, info, warning, error, critical."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as text, or as JSON objects, one per line (time, level, "
+        "logger, message and the job_id of lines about a job), for a log collector.",
+    )
+    webhook_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a webhook receiver has to answer one delivery attempt (each of "
+        "connect, send and answer) before it is retried.",
+    )
+    webhook_retry_window: float = Field(
+        3600.0,
+        ge=0,
+        description="Seconds after a job's end during which a failing webhook delivery is "
+        "retried (1 s, 5 s, 30 s, 2 min, then every 10 min); after it the delivery fails.",
+    )
 
     _split_model = field_validator("model", "alias", "tier", "warmup", mode="before")(_split_list)
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower_level(cls, level: object) -> object:
         return level.lower() if isinstance(level, str) else level
@@ -342,6 +371,18 @@ class Settings(BaseSettings):
     @property
     def results_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+    @property
+    def auth_required(self) -> bool:
+        """Keys are required unless --auth off, or --auth auto on a loopback address."""
+        if self.auth != "auto":
+            return self.auth == "required"
+        if self.host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: it may resolve to anything
+            return True
 
     @property
     def compile_cache_dir(self) -> Path:

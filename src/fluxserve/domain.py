@@ -132,6 +132,8 @@ class Webhook:
     url: str
     dialect: str  # "bfl" or "fal"
     secret: str | None = None
+    # Where the submit reached this server: the base of the image URLs in the payload.
+    base_url: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

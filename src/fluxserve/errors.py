@@ -8,6 +8,9 @@
     ├── JobNotFound          unknown job id
     ├── ModelLoadError       weights missing or unreadable; message says what to do
     ├── ConfigurationError   settings that cannot work together (an alias to no model)
+    ├── Unauthenticated      no API key, or one that is unknown or revoked (HTTP 401)
+    ├── TooManyRequests      a key's active-job or rate limit is reached (HTTP 429)
+    ├── ServerBusy           the server's queue is full (HTTP 503)
     ├── DataDirLocked        another server owns the data directory
     ├── GenerationCancelled  the denoising loop was stopped (lease lost)
     └── StorageError         a result image could not be stored or read
@@ -55,6 +58,25 @@ class ModelLoadError(FluxserveError):
 
 class ConfigurationError(FluxserveError):
     """Settings that cannot work together, found at start-up."""
+
+
+class Unauthenticated(FluxserveError):
+    """The request carries no API key, or one that is unknown or revoked."""
+
+
+class TooManyRequests(FluxserveError):
+    """A key's limit is reached; ``retry_after`` seconds is a fair wait."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.retry_after))
+
+
+class ServerBusy(TooManyRequests):
+    """The whole server's queue is full: no one's job is taken for now."""
 
 
 class GenerationCancelled(FluxserveError):

@@ -79,6 +79,33 @@ def _resolve(host: str) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
+class AddressRefused(Exception):
+    """A host that does not resolve, or resolves to an address the policy refuses."""
+
+    def __init__(self, host: str, reason: str | None = None) -> None:
+        super().__init__(reason or f"the host {host} does not resolve")
+        self.host = host
+        self.reason = reason  # None: the host does not resolve
+
+    @property
+    def unresolved(self) -> bool:
+        return self.reason is None
+
+
+def allowed_address(host: str, policy: UrlPolicy) -> str:
+    """The address to connect to for ``host``: it is resolved once, and refused
+    (AddressRefused) when it does not resolve or any of its addresses is refused by
+    ``policy``. Shared by image fetches and webhook deliveries."""
+    addresses = _resolve(host)
+    if not addresses:
+        raise AddressRefused(host)
+    for address in addresses:
+        reason = policy.refusal(address)
+        if reason is not None:
+            raise AddressRefused(host, reason)
+    return addresses[0]
+
+
 def check_url(url: str, field_name: str, policy: UrlPolicy) -> str:
     """The address to fetch ``url`` from; InvalidRequest when the URL is not http(s) or
     its host resolves to any refused address."""
@@ -91,19 +118,17 @@ def check_url(url: str, field_name: str, policy: UrlPolicy) -> str:
         raise InvalidRequest(
             field_name, f"{field_name} must be an http(s) URL, base64 or a data: URI"
         )
-    addresses = _resolve(parts.hostname)
-    if not addresses:
-        raise InvalidRequest(
-            field_name, f"{field_name}: the host {parts.hostname} does not resolve"
-        )
-    for address in addresses:
-        reason = policy.refusal(address)
-        if reason is not None:
-            raise InvalidRequest(field_name, f"{field_name} is refused: {reason}")
-    return addresses[0]
+    try:
+        return allowed_address(parts.hostname, policy)
+    except AddressRefused as refused:
+        if refused.unresolved:
+            raise InvalidRequest(
+                field_name, f"{field_name}: the host {parts.hostname} does not resolve"
+            ) from None
+        raise InvalidRequest(field_name, f"{field_name} is refused: {refused.reason}") from None
 
 
-def _pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]:
+def pin_url(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]:
     """``url`` aimed at the checked ``address``, with the Host header and TLS server name
     of the original host: the connection goes where the check looked, so a DNS answer that
     changes between check and connect (DNS rebinding) cannot redirect it."""
@@ -124,7 +149,7 @@ def fetch_url(url: str, field_name: str, limits: ImageLimits, policy: UrlPolicy)
     ) as client:
         for _ in range(MAX_REDIRECTS + 1):
             address = check_url(url, field_name, policy)
-            pinned, headers, extensions = _pinned(url, address)
+            pinned, headers, extensions = pin_url(url, address)
             try:
                 with client.stream(
                     "GET", pinned, headers=headers, extensions=extensions

@@ -11,9 +11,11 @@ from fluxserve import __version__
 from fluxserve.api.bfl.router import router as bfl_router
 from fluxserve.api.common.files import router as files_router
 from fluxserve.api.common.health import router as health_router
+from fluxserve.api.common.metrics import install_metrics
 from fluxserve.api.errors import install_error_handlers
 from fluxserve.api.fal.router import router as fal_router
 from fluxserve.api.openai.router import router as openai_router
+from fluxserve.api.playground.router import router as playground_router
 from fluxserve.bootstrap import Services, build_services
 from fluxserve.config import Settings
 
@@ -39,8 +41,10 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.services = services if services is not None else build_services(settings)
     install_error_handlers(app)
     app.include_router(health_router)
+    install_metrics(app)  # GET /metrics
     app.include_router(bfl_router)
     app.include_router(files_router)
     app.include_router(openai_router)
     app.include_router(fal_router)
+    app.include_router(playground_router)  # last: its POST /v1/{name} yields to fixed routes
     return app

@@ -27,7 +27,10 @@ from fluxserve.errors import (
     JobNotFound,
     ModelLoadError,
     ModelNotAvailable,
+    ServerBusy,
     StorageError,
+    TooManyRequests,
+    Unauthenticated,
 )
 
 logger = logging.getLogger(__name__)
@@ -39,12 +42,23 @@ STATUS_CODES: dict[type[FluxserveError], int] = {
     ModelLoadError: 503,
     ConfigurationError: 500,
     StorageError: 500,
+    Unauthenticated: 401,
+    TooManyRequests: 429,
+    ServerBusy: 503,
 }
 ERROR_TYPES: dict[type[FluxserveError], str] = {
     InvalidRequest: "invalid_request",
     ModelNotAvailable: "model_not_available",
     JobNotFound: "not_found",
     ModelLoadError: "model_not_loaded",
+    Unauthenticated: "unauthorized",
+    TooManyRequests: "rate_limited",
+    ServerBusy: "server_busy",
+}
+# OpenAI's own codes for these, as its SDK and users know them.
+OPENAI_CODES: dict[type[FluxserveError], str] = {
+    Unauthenticated: "invalid_api_key",
+    TooManyRequests: "rate_limit_exceeded",
 }
 OPENAI_PREFIXES = ("/v1/images", "/v1/models")
 
@@ -120,6 +134,15 @@ async def handle_validation_error(request: Request, exc: Exception) -> JSONRespo
 
 async def handle_fluxserve_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FluxserveError)
+    response = _error_response(request, exc)
+    if isinstance(exc, TooManyRequests):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, Unauthenticated):
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _error_response(request: Request, exc: FluxserveError) -> JSONResponse:
     status = status_code_for(exc)
     message = exc.message
     if status >= 500:
@@ -130,7 +153,8 @@ async def handle_fluxserve_error(request: Request, exc: Exception) -> JSONRespon
         field = getattr(exc, "field", None)
         if isinstance(exc, InvalidRequest | ModelNotAvailable):
             status = 400  # the SDK's BadRequestError: a parameter the caller can change
-        return openai_error(status, message, param=field, code=error_type_for(exc))
+        code = next((OPENAI_CODES[c] for c in type(exc).__mro__ if c in OPENAI_CODES), None)
+        return openai_error(status, message, param=field, code=code or error_type_for(exc))
     if isinstance(exc, InvalidRequest):
         detail = [
             {"loc": ["body", exc.field], "msg": message, "type": "value_error", "input": exc.value}

@@ -41,7 +41,7 @@ def generate(settings: Settings, args: argparse.Namespace) -> int:
     from fluxserve.runtime.postprocess import encode_image, generation_metadata
     from fluxserve.weights import resolve_model
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # Check the model and the arguments before paying for importing torch.
     model = resolve_model(settings.model[0], settings.models_dir)
     if Task.TEXT_TO_IMAGE not in model.spec.tasks and model.spec.kind is not ModelKind.KONTEXT:

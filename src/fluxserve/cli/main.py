@@ -1,4 +1,4 @@
-"""The ``fluxserve`` command: serve, worker, generate, models.
+"""The ``fluxserve`` command: serve, worker, generate, models, bench.
 
 Flags map one to one onto Settings fields; a flag left out falls back to the
 FLUXSERVE_<FIELD> environment variable, then to the default.
@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import get_origin
 
 from pydantic import ValidationError
 
 from fluxserve import __version__
+from fluxserve.cli.bench import add_bench_parser  # torch-free
+from fluxserve.cli.keys import add_keys_parser
 from fluxserve.config import Settings
 from fluxserve.errors import FluxserveError
 
@@ -23,7 +26,7 @@ def _settings_flags(parser: argparse.ArgumentParser, *names: str) -> None:
     for name in names:
         flag = "--" + name.replace("_", "-")
         help_text = f"{fields[name].description} [env FLUXSERVE_{name.upper()}]"
-        if name in ("model", "alias"):
+        if get_origin(fields[name].annotation) is list:  # --model a --model b
             parser.add_argument(flag, action="append", default=None, help=help_text)
         elif fields[name].annotation is bool:
             parser.add_argument(
@@ -74,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="tiny",
         help="Which pipeline: text-to-image (tiny), Kontext editing or Fill.",
     )
+
+    status = commands.add_parser(
+        "status", help="Show the queue, the running jobs and the workers, from the job store."
+    )
+    _settings_flags(status, "data_dir", "database", "lease_seconds")
+    status.add_argument("--json", action="store_true", help="Print JSON, for programs.")
+
+    add_bench_parser(commands)
+    add_keys_parser(commands, _settings_flags)
     return parser
 
 
@@ -97,6 +109,18 @@ def main(argv: list[str] | None = None) -> int:
             from fluxserve.cli.generate import generate
 
             return generate(settings_from(args), args)
+        if args.command == "keys":
+            from fluxserve.cli.keys import keys_command
+
+            return keys_command(settings_from(args), args)
+        if args.command == "status":
+            from fluxserve.cli.status import status
+
+            return status(settings_from(args), as_json=args.json)
+        if args.command == "bench":
+            from fluxserve.cli.bench import bench
+
+            return bench(args)
         from fluxserve.cli.models import models_command
 
         return models_command(settings_from(args), args)

@@ -16,13 +16,16 @@ def serve(settings: Settings) -> int:
     from fluxserve.api.app import create_app
     from fluxserve.bootstrap import build_services, lock_data_dir
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # fail before any download if another server runs here; only the embedded SQLite
     # store has one owner: cluster replicas (--database) share the data dir (local storage)
     lock = None if settings.database else lock_data_dir(settings)
     try:
         services = build_services(settings)  # downloads missing weights, with a progress bar
         services._lock = lock
+        services.check_auth()  # no keys where keys are required: refuse now, in one sentence
+        logger.info("API keys %s", "required" if settings.auth_required else "off (--auth off "
+                    "or a loopback --host)")  # fmt: skip
         for name, model in services.models.items():
             logger.info("model %s (%s) from %s", name, model.spec.kind.value, model.path)
         for endpoint, model_name in services.router.table().items():
@@ -34,6 +37,8 @@ def serve(settings: Settings) -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            # JSON: uvicorn's loggers go through ours (None: it configures none of its own).
+            log_config=uvicorn.config.LOGGING_CONFIG if settings.log_format == "text" else None,
             ssl_certfile=settings.tls_cert,
             ssl_keyfile=settings.tls_key,
         )

@@ -25,7 +25,7 @@ def worker(settings: Settings) -> int:
     from fluxserve.jobs.service import JobService
     from fluxserve.safety.setup import resolve_safety
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if not settings.database:
         raise ConfigurationError(
             "fluxserve worker needs the shared job database: --database postgresql://...; "

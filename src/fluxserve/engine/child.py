@@ -131,7 +131,7 @@ def process_main(
     """Entry point of a spawned worker process."""
     from fluxserve.logs import configure_logging
 
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     # Ctrl-C reaches the whole process group; the server stops its workers itself, after
     # they finish the job in hand, so the worker ignores SIGINT and obeys SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

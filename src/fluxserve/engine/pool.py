@@ -25,7 +25,7 @@ from fluxserve.config import Settings
 from fluxserve.engine.child import process_main, run_worker
 from fluxserve.engine.signals import Flag, Wakeup
 from fluxserve.safety.setup import SafetySetup
-from fluxserve.store.base import JobStore
+from fluxserve.store.base import STALE_AFTER_LEASES, WORKER_FORGET_AFTER, JobStore
 from fluxserve.weights import ResolvedModel
 
 logger = logging.getLogger(__name__)
@@ -182,9 +182,11 @@ class WorkerPool:
                 self._check_workers()
                 self.sweep()
                 now = time.monotonic()
-                if self.housekeeping and now - self._last_housekeeping >= HOUSEKEEPING_INTERVAL:
+                if now - self._last_housekeeping >= HOUSEKEEPING_INTERVAL:
                     self._last_housekeeping = now
-                    self.housekeeping()
+                    self.forget_silent_workers()
+                    if self.housekeeping:
+                        self.housekeeping()
             except Exception:  # the watcher must outlive any one failure
                 logger.exception("worker pool watch failed")
 
@@ -192,9 +194,16 @@ class WorkerPool:
         """Requeue (or fail) running jobs whose lease has expired."""
         changed = self.store.requeue_expired(self.settings.max_attempts)
         for job in changed:
-            logger.warning("job %s: lease expired -> %s", job.id, job.status.value)
+            logger.warning("job %s: lease expired -> %s", job.id, job.status.value,
+                           extra={"job_id": job.id})  # fmt: skip
         if changed:
             self.notify()
+
+    def forget_silent_workers(self) -> int:
+        """Delete the workers-table rows of workers (on any host) that stopped beating long
+        ago without removing themselves: a host that died, a kill -9."""
+        silence = max(WORKER_FORGET_AFTER, STALE_AFTER_LEASES * self.settings.lease_seconds)
+        return self.store.purge_workers(time.time() - silence)
 
     def _check_workers(self) -> None:
         for slot in self.slots:
@@ -209,6 +218,7 @@ class WorkerPool:
                 exitcode,
             )
             self.store.expire_leases(slot.worker_id)
+            self.store.remove_worker(slot.worker_id)  # it could not say goodbye itself
             slot.start_failures = 0 if was_ready else slot.start_failures + 1
             if slot.start_failures >= MAX_START_FAILURES:
                 slot.error = slot.error or (

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from fluxserve.engine.batcher import BatchPolicy, batchable, wait_for_more
 from fluxserve.engine.lease import LeaseKeeper
 from fluxserve.engine.moderation import Moderation
 from fluxserve.errors import GenerationCancelled, StorageError
+from fluxserve.logs import job_context
 from fluxserve.runtime.base import GenerationInputs, Runner
 from fluxserve.runtime.postprocess import encode_image, generation_metadata
 from fluxserve.safety.checks import SafetyChecks
@@ -93,12 +95,21 @@ class Worker:
         self.moderation = moderation or Moderation(SafetyChecks())
         self.wake = wake
         self.stop = stop
-        self.lease = LeaseKeeper(store, options.lease_seconds)
         self.last_model_seconds = 0.0  # the runner's share of the last job, for the log
+        self._registered = False  # in the workers table (while run() runs)
+        self._current_job: str | None = None  # the job (a batch's first) in hand
+        # Its beat also refreshes this worker's row in the workers table (beat()).
+        self.lease = LeaseKeeper(store, options.lease_seconds, on_beat=self.beat)
 
     def run(self) -> None:
         """Process jobs until ``stop`` is set; the current job is finished first."""
         logger.info("worker %s serving %s", self.options.worker_id, self.runner.name)
+        self._registered = True
+        try:
+            self._register()
+        except DatabaseError as exc:  # the next beat registers it
+            logger.warning("worker %s not registered yet (%s)", self.options.worker_id,
+                           type(exc).__name__)  # fmt: skip
         backoff = OUTAGE_BACKOFF[0]
         try:
             while not self.stop.is_set():
@@ -116,7 +127,31 @@ class Worker:
                 if not claimed:
                     self.wake.wait(IDLE_RECHECK)
         finally:
-            self.lease.close()
+            self.lease.close()  # no beat after this
+            self._registered = False
+            with contextlib.suppress(DatabaseError):  # else housekeeping forgets it later
+                self.store.remove_worker(self.options.worker_id)
+
+    def _register(self) -> None:
+        device = str(getattr(self.runner, "device", "") or "unknown")
+        self.store.register_worker(
+            self.options.worker_id, socket.gethostname(), list(self.runner.model_names), device
+        )
+
+    def beat(self) -> None:
+        """Refresh this worker's row in the workers table: last seen, the job in hand, GPU
+        memory. The lease keeper calls it every third of a lease (never per step)."""
+        if not self._registered:
+            return
+        memory_stats = getattr(self.runner, "memory_stats", None)
+        allocated, peak = memory_stats() if memory_stats is not None else (None, None)
+        try:
+            if not self.store.worker_heartbeat(
+                self.options.worker_id, self._current_job, allocated, peak
+            ):
+                self._register()  # its row was purged after a long silence: add it again
+        except DatabaseError as exc:
+            logger.debug("worker heartbeat not written (%s)", type(exc).__name__)
 
     def run_once(self) -> bool:
         """Claim and process one job; False when the queue had nothing for this worker."""
@@ -127,6 +162,10 @@ class Worker:
             return False
         batch = self._gather_batch(job)
         if len(batch) > 1:
+            with contextlib.suppress(DatabaseError):  # advisory, for /metrics
+                self.store.set_batch_size(
+                    self.options.worker_id, [job.id for job in batch], len(batch)
+                )
             self.process_batch(batch)
         else:
             self.process(job)
@@ -152,6 +191,14 @@ class Worker:
             time.sleep(wait)
 
     def process(self, job: Job) -> None:
+        self._current_job = job.id
+        try:
+            with job_context(job.id):  # every line logged meanwhile names the job
+                self._process(job)
+        finally:
+            self._current_job = None
+
+    def _process(self, job: Job) -> None:
         started = time.perf_counter()
         self.lease.hold(job)
         try:
@@ -181,6 +228,13 @@ class Worker:
 
     def process_batch(self, jobs: list[Job]) -> None:
         """Several jobs sharing a batch key in one denoising loop; each ends on its own."""
+        self._current_job = jobs[0].id
+        try:
+            self._process_batch(jobs)
+        finally:
+            self._current_job = None
+
+    def _process_batch(self, jobs: list[Job]) -> None:
         started = time.perf_counter()
         self.lease.hold(*jobs)
         refused, admitted = self._admit_all(jobs)
@@ -203,7 +257,8 @@ class Worker:
                 self._storage_failed(job, exc)
             return
         except Exception:
-            logger.exception("batch of jobs %s failed", ", ".join(job.id for job in jobs))
+            logger.exception("batch of jobs %s failed", ", ".join(job.id for job in jobs),
+                             extra={"job_ids": [job.id for job in jobs]})  # fmt: skip
             for job in jobs:
                 self._finish(self.store.fail, job.id, job.attempt, "generation_failed",
                              "Generation failed on the server; the operator's log has the "
@@ -211,12 +266,18 @@ class Worker:
             return
         finally:
             self.lease.release()
-        logger.info("batch of %d jobs", len(jobs))  # the admitted ones
+        logger.info(
+            "batch of %d jobs", len(jobs), extra={"job_ids": [job.id for job in jobs]}
+        )  # the admitted ones
         for job, outcome in zip(jobs, outcomes, strict=True):
             self._record(job, outcome, started)
 
     def _record(self, job: Job, outcome: Outcome, started: float) -> None:
         """Write how a job ended: refused, cancelled, or done with its images."""
+        with job_context(job.id):
+            self._record_outcome(job, outcome, started)
+
+    def _record_outcome(self, job: Job, outcome: Outcome, started: float) -> None:
         if outcome.cancelled:
             if self._finish(self.store.cancel_running, job.id, job.attempt):
                 logger.info("job %s cancelled while its batch ran", job.id)
@@ -249,7 +310,8 @@ class Worker:
                 return write(*args)
             except DatabaseError:
                 if attempt == FINISH_RETRIES - 1:
-                    logger.exception("could not record the end of job %s", args[0])
+                    logger.exception("could not record the end of job %s", args[0],
+                                     extra={"job_id": args[0]})  # fmt: skip
                     return False
                 time.sleep(delay)
                 delay = min(delay * 2, OUTAGE_BACKOFF[1])
@@ -258,11 +320,13 @@ class Worker:
     def _storage_failed(self, job: Job, exc: StorageError) -> None:
         """Images that cannot be stored: back to the queue (never Ready without an image),
         and Error once the job has had its attempts."""
+        extra = {"job_id": job.id}
         if job.attempt < self.options.max_attempts:
-            logger.warning("job %s: storage failed (%s); back in the queue", job.id, exc)
+            logger.warning("job %s: storage failed (%s); back in the queue", job.id, exc,
+                           extra=extra)  # fmt: skip
             self._finish(self.store.release, job.id, job.attempt)
             return
-        logger.error("job %s: storage failed on its last attempt (%s)", job.id, exc)
+        logger.error("job %s: storage failed on its last attempt (%s)", job.id, exc, extra=extra)
         self._finish(
             self.store.fail, job.id, job.attempt, "storage_unavailable",
             "The image could not be stored; the operator's log has the cause under job id "
@@ -354,7 +418,8 @@ class Worker:
         outcomes: dict[str, Outcome] = {}
         admitted = []
         for job in jobs:
-            verdict = self.moderation.before(job, GenerationInputs())
+            with job_context(job.id):
+                verdict = self.moderation.before(job, GenerationInputs())
             if verdict.refusal is not None:
                 outcomes[job.id] = Outcome(report=verdict.report, refusal=verdict.refusal)
             else:

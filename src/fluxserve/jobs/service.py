@@ -19,9 +19,11 @@ from starlette.concurrency import run_in_threadpool
 
 from fluxserve.domain import GenerationRequest, Job, JobStatus, Webhook
 from fluxserve.errors import JobNotFound
+from fluxserve.jobs.access import Admission
 from fluxserve.safety.policy import SafetyPolicy
 from fluxserve.storage.base import BlobStorage, input_key, job_prefixes
 from fluxserve.store.base import JobStore
+from fluxserve.store.keys import ApiKey
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,9 +37,13 @@ class Submission:
     """Who submits a job and how: the caller's API key, the client's Idempotency-Key and
     where to announce the end."""
 
-    owner: str = ""  # the API key's id; "" with --auth off
+    key: ApiKey | None = None  # None with --auth off
     idempotency_key: str | None = None
     webhook: Webhook | None = None
+
+    @property
+    def owner(self) -> str:
+        return self.key.id if self.key is not None else ""
 
 
 ANONYMOUS = Submission()
@@ -51,12 +57,14 @@ class JobService:
         notify: Callable[[], None],
         url_ttl: int = 600,
         policy: SafetyPolicy | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
         self._notify = notify
         self.url_ttl = url_ttl
         self.policy = policy or SafetyPolicy()
+        self.admission = admission
 
     def submit(
         self,
@@ -79,6 +87,8 @@ class JobService:
             earlier = self.store.find_idempotent(submission.owner, submission.idempotency_key)
             if earlier is not None:
                 return earlier
+        if self.admission is not None:  # 429 / 503 before anything is stored
+            self.admission.check(submission.key)
         job_id = str(uuid.uuid4())
         request, report, refusal = self.policy.admit(request)
         owned = {

@@ -133,6 +133,21 @@ class FluxRunner:
         logger.info("loaded %s on %s (%s, %d CPU threads)",
                     self.name, self._device, self._dtype, threads)  # fmt: skip
 
+    @property
+    def device(self) -> str:
+        """The device the models run on (once loaded): for the workers table."""
+        return str(self._device)
+
+    def memory_stats(self) -> tuple[int | None, int | None]:
+        """(allocated, peak allocated) bytes of this process on its CUDA device, for the
+        workers table and /metrics; (None, None) off CUDA."""
+        if self._device.type != "cuda":
+            return None, None
+        return (
+            torch.cuda.memory_allocated(self._device),
+            torch.cuda.max_memory_allocated(self._device),
+        )
+
     def _plan_memory(self) -> None:
         total, capability = probe_gpu(self._device)
         plan, notes = resolve_memory_plan(

@@ -8,9 +8,48 @@ old worker's late writes match no row.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from fluxserve.domain import Job, JobReport, JobStatus
+
+# A worker whose row was not refreshed for this many leases is shown as stale (it beats
+# every third of a lease), and housekeeping deletes rows silent for WORKER_FORGET_AFTER.
+STALE_AFTER_LEASES = 3
+WORKER_FORGET_AFTER = 3600.0  # seconds
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A row of the workers table: a worker process that claims jobs, on some host."""
+
+    id: str
+    host: str
+    models: list[str]
+    device: str
+    started_at: float
+    last_seen: float
+    current_job: str | None = None
+    gpu_memory_bytes: int | None = None  # torch.cuda.memory_allocated; None off CUDA
+    gpu_memory_peak_bytes: int | None = None  # torch.cuda.max_memory_allocated
+
+    def is_stale(self, lease_seconds: float, now: float) -> bool:
+        return now - self.last_seen > STALE_AFTER_LEASES * lease_seconds
+
+
+@dataclass(frozen=True)
+class EndedJob:
+    """What /metrics needs of a job that ended: its outcome and its times."""
+
+    seq: int
+    id: str
+    model: str
+    status: JobStatus
+    steps: int
+    created_at: float
+    started_at: float | None  # None: it ended before any worker started it
+    finished_at: float
+    batch_size: int | None
 
 
 class JobStore(Protocol):
@@ -105,6 +144,17 @@ class JobStore(Protocol):
         """Delete jobs that ended before ``finished_before`` (at most ``limit``); their ids."""
         ...
 
+    def due_webhooks(self, now: float, limit: int, hold_seconds: float) -> list[Job]:
+        """Claim up to ``limit`` due webhook deliveries of ended jobs (each one's attempt
+        count grows by one; no one else takes it for ``hold_seconds``)."""
+        ...
+
+    def record_webhook(
+        self, job_id: str, attempts: int, state: str, next_at: float | None, error: str | None
+    ) -> bool:
+        """The outcome of delivery attempt ``attempts`` (fenced by it)."""
+        ...
+
     shared: bool  # other hosts' workers use it too (PostgreSQL)
 
     def ping(self) -> bool:
@@ -117,6 +167,47 @@ class JobStore(Protocol):
 
     def listen(self, on_wake: Callable[[], None], stop: Callable[[], bool]) -> None:
         """Call ``on_wake`` when another process queues jobs, until ``stop()``."""
+        ...
+
+    # -- observability ------------------------------------------------------------------
+    def set_batch_size(self, worker_id: str, job_ids: list[str], size: int) -> int:
+        """Record that these running jobs of ``worker_id`` run as one batch of ``size``
+        (a claim sets 1)."""
+        ...
+
+    def active_counts(self) -> dict[str, dict[str, int]]:
+        """Queued and running jobs per model: {model: {"queued": n, "running": m}}."""
+        ...
+
+    def running_jobs(self, limit: int = 100) -> list[Job]: ...
+
+    def ended_since(
+        self, finished_at: float, after_seq: int = 0, limit: int = 1000
+    ) -> list[EndedJob]:
+        """Ended jobs after (``finished_at``, ``after_seq``) in that order (a page)."""
+        ...
+
+    def register_worker(
+        self, worker_id: str, host: str, models: list[str], device: str, now: float | None = None
+    ) -> None: ...
+
+    def worker_heartbeat(
+        self,
+        worker_id: str,
+        current_job: str | None,
+        gpu_memory_bytes: int | None = None,
+        gpu_memory_peak_bytes: int | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Refresh the worker's row; False when there is none (it must register again)."""
+        ...
+
+    def remove_worker(self, worker_id: str) -> bool: ...
+
+    def list_workers(self) -> list[WorkerRecord]: ...
+
+    def purge_workers(self, seen_before: float) -> int:
+        """Delete the rows of workers last seen before ``seen_before``."""
         ...
 
     def close(self) -> None: ...

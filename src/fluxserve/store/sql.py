@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from fluxserve.domain import GenerationRequest, Job, JobReport, JobStatus, Webhook
 from fluxserve.states import sources_of
+from fluxserve.store.base import EndedJob, WorkerRecord
 
 metadata = sa.MetaData()
 
@@ -56,6 +57,8 @@ jobs = sa.Table(
     sa.Index("ix_jobs_owner", "owner", "status"),
     sa.Index("ux_jobs_idempotency", "owner", "idempotency_key", unique=True),
     sa.Index("ix_jobs_webhook", "webhook_state", "webhook_next_at"),
+    # /metrics reads the jobs that ended since its last scrape (migration 0004).
+    sa.Index("ix_jobs_finished", "finished_at", "seq"),
 )
 
 api_keys = sa.Table(
@@ -248,6 +251,7 @@ class SqlJobStore:
             "lease_expires_at": now + lease_seconds,
             "started_at": now,
             "progress": 0.0,
+            "batch_size": 1,  # a batch's worker writes its size once it is gathered
         }
 
     def claim(self, worker_id: str, models: list[str], lease_seconds: float) -> Job | None:
@@ -520,11 +524,14 @@ class SqlJobStore:
         return [row_to_job(r) for r in (*cancelled, *failed, *requeued)]
 
     def ended_before(self, finished_before: float, limit: int = 500) -> list[str]:
-        """Ids of up to ``limit`` jobs that ended before ``finished_before``, oldest first."""
+        """Ids of up to ``limit`` jobs that ended before ``finished_before``, oldest first;
+        not those whose webhook is still being delivered (its retries end within a bound)."""
         ended = [s.value for s in JobStatus if s.is_terminal]
+        delivering = jobs.c.webhook_state == "pending"
         stmt = (
             sa.select(jobs.c.id)
             .where(jobs.c.status.in_(ended), jobs.c.finished_at < finished_before)
+            .where(sa.or_(jobs.c.webhook_state.is_(None), sa.not_(delivering)))
             .order_by(jobs.c.seq)
             .limit(limit)
         )
@@ -553,6 +560,221 @@ class SqlJobStore:
             if ids:
                 conn.execute(jobs.delete().where(jobs.c.id.in_(ids)))
         return ids
+
+    # -- webhook delivery ----------------------------------------------------------------
+    @staticmethod
+    def _webhook_due(now: float) -> sa.ColumnElement[bool]:
+        """Ended jobs whose webhook is still to be delivered and whose next try is due."""
+        ended = [s.value for s in JobStatus if s.is_terminal]
+        return sa.and_(
+            jobs.c.webhook_state == "pending",
+            jobs.c.status.in_(ended),
+            sa.or_(jobs.c.webhook_next_at.is_(None), jobs.c.webhook_next_at <= now),
+        )
+
+    def due_webhooks(self, now: float, limit: int, hold_seconds: float) -> list[Job]:
+        """Claim up to ``limit`` webhook deliveries that are due at ``now``.
+
+        Each claimed job's ``webhook_attempts`` grows by one (the attempt being made: the
+        fencing token of ``record_webhook``), and its ``webhook_next_at`` moves to ``now +
+        hold_seconds``: no other dispatcher (another API replica) takes it while this one is
+        delivering, and if this one dies mid-delivery the attempt is made again after that.
+        """
+        if limit < 1:
+            return []
+        due = self._webhook_due(now)
+        # A read first: every replica polls twice a second, and should not take the write
+        # lock when nothing is due, as is usual.
+        with self.engine.connect() as conn:
+            if conn.execute(sa.select(jobs.c.seq).where(due).limit(1)).first() is None:
+                return []
+        picked = sa.select(jobs.c.seq).where(due).order_by(jobs.c.seq).limit(limit)
+        if self.shared:  # concurrent dispatchers skip rows another one is claiming
+            picked = picked.with_for_update(skip_locked=True)
+        picked_cte = picked.cte("picked")  # a CTE, as in claim_companions
+        stmt = (
+            jobs.update()
+            .where(jobs.c.seq == picked_cte.c.seq)
+            .where(due)  # checked again on the row as it is when updated
+            .values(
+                webhook_attempts=jobs.c.webhook_attempts + 1,
+                webhook_next_at=now + hold_seconds,
+            )
+            .returning(*jobs.c)
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(stmt).all()
+        return sorted((row_to_job(r) for r in rows), key=lambda job: job.seq or 0)
+
+    def record_webhook(
+        self,
+        job_id: str,
+        attempts: int,
+        state: str,
+        next_at: float | None,
+        error: str | None,
+    ) -> bool:
+        """Write the outcome of delivery attempt number ``attempts``: ``state`` pending
+        (retry at ``next_at``), delivered or failed, and the last ``error``. Fenced: False
+        when the attempt is no longer the job's latest (another dispatcher took over)."""
+        stmt = (
+            jobs.update()
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.webhook_state == "pending",
+                jobs.c.webhook_attempts == attempts,
+            )
+            .values(webhook_state=state, webhook_next_at=next_at, webhook_error=error)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    # -- observability: batch sizes, counts, ended jobs, workers ----------------------------
+    def set_batch_size(self, worker_id: str, job_ids: list[str], size: int) -> int:
+        """Record that these running jobs of ``worker_id`` run as one batch of ``size``."""
+        stmt = (
+            jobs.update()
+            .where(jobs.c.id.in_(job_ids), jobs.c.worker_id == worker_id, jobs.c.status == _RUNNING)
+            .values(batch_size=size)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount
+
+    def active_counts(self) -> dict[str, dict[str, int]]:
+        """Queued and running jobs per model: {model: {"queued": n, "running": m}}."""
+        active = [JobStatus.QUEUED.value, _RUNNING]
+        stmt = (
+            sa.select(jobs.c.model, jobs.c.status, sa.func.count())
+            .where(jobs.c.status.in_(active))
+            .group_by(jobs.c.model, jobs.c.status)
+        )
+        counts: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for model, status, count in conn.execute(stmt):
+                counts.setdefault(model, {"queued": 0, "running": 0})[status] = int(count)
+        return counts
+
+    def running_jobs(self, limit: int = 100) -> list[Job]:
+        """Up to ``limit`` running jobs, longest running first."""
+        stmt = (
+            sa.select(jobs)
+            .where(jobs.c.status == _RUNNING)
+            .order_by(jobs.c.started_at, jobs.c.seq)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [row_to_job(row) for row in conn.execute(stmt)]
+
+    def ended_since(
+        self, finished_at: float, after_seq: int = 0, limit: int = 1000
+    ) -> list[EndedJob]:
+        """Up to ``limit`` ended jobs after (``finished_at``, ``after_seq``), in that order:
+        a keyset page over the ix_jobs_finished index."""
+        ended = [s.value for s in JobStatus if s.is_terminal]
+        later = (jobs.c.finished_at > finished_at) | (
+            (jobs.c.finished_at == finished_at) & (jobs.c.seq > after_seq)
+        )
+        stmt = (
+            sa.select(
+                jobs.c.seq,
+                jobs.c.id,
+                jobs.c.model,
+                jobs.c.status,
+                jobs.c.request,
+                jobs.c.created_at,
+                jobs.c.started_at,
+                jobs.c.finished_at,
+                jobs.c.batch_size,
+            )
+            .where(jobs.c.finished_at >= finished_at, later, jobs.c.status.in_(ended))
+            .order_by(jobs.c.finished_at, jobs.c.seq)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            EndedJob(
+                seq=row.seq,
+                id=row.id,
+                model=row.model,
+                status=JobStatus(row.status),
+                steps=int(json.loads(row.request).get("steps") or 0),
+                created_at=row.created_at,
+                started_at=row.started_at,
+                finished_at=row.finished_at,
+                batch_size=row.batch_size,
+            )
+            for row in rows
+        ]
+
+    def register_worker(
+        self, worker_id: str, host: str, models: list[str], device: str, now: float | None = None
+    ) -> None:
+        """Add (or replace) this worker's row in the workers table."""
+        now = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            conn.execute(workers.delete().where(workers.c.id == worker_id))
+            conn.execute(
+                workers.insert().values(
+                    id=worker_id,
+                    host=host,
+                    models=json.dumps(models),
+                    device=device,
+                    started_at=now,
+                    last_seen=now,
+                )
+            )
+
+    def worker_heartbeat(
+        self,
+        worker_id: str,
+        current_job: str | None,
+        gpu_memory_bytes: int | None = None,
+        gpu_memory_peak_bytes: int | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Refresh a worker's row; False when it has none (purged: register again)."""
+        stmt = (
+            workers.update()
+            .where(workers.c.id == worker_id)
+            .values(
+                last_seen=time.time() if now is None else now,
+                current_job=current_job,
+                gpu_memory_bytes=gpu_memory_bytes,
+                gpu_memory_peak_bytes=gpu_memory_peak_bytes,
+            )
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def remove_worker(self, worker_id: str) -> bool:
+        with self.engine.begin() as conn:
+            return conn.execute(workers.delete().where(workers.c.id == worker_id)).rowcount == 1
+
+    def list_workers(self) -> list[WorkerRecord]:
+        """Every registered worker, by host and id."""
+        stmt = sa.select(workers).order_by(workers.c.host, workers.c.id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [
+            WorkerRecord(
+                id=row.id,
+                host=row.host,
+                models=json.loads(row.models),
+                device=row.device,
+                started_at=row.started_at,
+                last_seen=row.last_seen,
+                current_job=row.current_job,
+                gpu_memory_bytes=row.gpu_memory_bytes,
+                gpu_memory_peak_bytes=row.gpu_memory_peak_bytes,
+            )
+            for row in rows
+        ]
+
+    def purge_workers(self, seen_before: float) -> int:
+        """Delete the rows of workers not seen since ``seen_before`` (gone without a word)."""
+        with self.engine.begin() as conn:
+            return conn.execute(workers.delete().where(workers.c.last_seen < seen_before)).rowcount
 
     def close(self) -> None:
         self.engine.dispose()

@@ -20,9 +20,10 @@ def _set_pragmas(dbapi_connection, _record) -> None:
 
 
 class SqliteJobStore(SqlJobStore):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, migrate: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(f"sqlite:///{path}")
         sa.event.listen(engine, "connect", _set_pragmas)
         super().__init__(engine)
-        self.create_schema()
+        if migrate:  # off for a reader of a server's database (fluxserve status)
+            self.create_schema()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 from fluxserve.api.bfl.protocol import (
     AsyncResponse,
@@ -14,10 +15,19 @@ from fluxserve.api.bfl.protocol import (
     _CommonInputs,
     _Inputs,
 )
-from fluxserve.domain import GenerationRequest, Job, JobStatus, OutputFormat, Task, random_seed
+from fluxserve.domain import (
+    GenerationRequest,
+    Job,
+    JobStatus,
+    OutputFormat,
+    Task,
+    Webhook,
+    random_seed,
+)
 from fluxserve.imageinput import ImageReader
 from fluxserve.jobs import imageprep
 from fluxserve.jobs.imageprep import Prepared
+from fluxserve.jobs.service import Submission
 from fluxserve.specs import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -133,6 +143,14 @@ def polling_url(base_url: str, job_id: str) -> str:
     return f"{base_url}/v1/get_result?id={job_id}"
 
 
+def with_webhook(submission: Submission, inputs: _CommonInputs, base_url: str) -> Submission:
+    """``submission`` plus the webhook the body asks for (``webhook_url``), if any."""
+    if inputs.webhook_url is None:
+        return submission
+    webhook = Webhook(inputs.webhook_url, "bfl", inputs.webhook_secret, base_url)
+    return dataclasses.replace(submission, webhook=webhook)
+
+
 def to_async_response(job: Job, base_url: str) -> AsyncResponse:
     request = job.request
     return AsyncResponse(
@@ -141,10 +159,41 @@ def to_async_response(job: Job, base_url: str) -> AsyncResponse:
         cost=0.0,
         input_mp=0.0,
         output_mp=round(request.width * request.height / 1e6, 2),
+        # BFL's AsyncWebhookResponse: the task's status and where its end will be sent.
+        status="Pending" if job.webhook else None,
+        webhook_url=job.webhook.url if job.webhook else None,
     )
 
 
 def to_result_response(job: Job, sample_urls: list[str]) -> ResultResponse:
+    response = _result_response(job, sample_urls)
+    if job.webhook is not None:  # fluxserve extension: how the webhook's delivery went
+        webhook = {"state": job.webhook_state, "attempts": job.webhook_attempts,
+                   "error": job.webhook_error}  # fmt: skip
+        response.details = {**(response.details or {}), "webhook": webhook}
+    return response
+
+
+def webhook_payload(job: Job, sample_urls: list[str]) -> dict[str, Any]:
+    """The body POSTed to an ended job's ``webhook_url``: ``id`` and ``task_id`` (both the
+    task id), ``status`` SUCCESS or FAILED, ``result`` exactly as get_result has it,
+    ``error`` (the message of a task that did not succeed) and get_result's ``details``."""
+    response = _result_response(job, sample_urls)
+    succeeded = job.status is JobStatus.SUCCEEDED
+    error = None
+    if not succeeded:
+        error = (response.details or {}).get("message") or job.error_message or response.status
+    return {
+        "id": job.id,
+        "task_id": job.id,
+        "status": "SUCCESS" if succeeded else "FAILED",
+        "result": response.result,
+        "error": error,
+        "details": response.details,
+    }
+
+
+def _result_response(job: Job, sample_urls: list[str]) -> ResultResponse:
     status = STATUS_NAMES[job.status]
     response = ResultResponse(id=job.id, status=status)
     if job.status is JobStatus.SUCCEEDED:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
 
 from fluxserve.api.validators import NotBool, multiple_of, valid_text
 from fluxserve.domain import MAX_SEED
+from fluxserve.jobs.webhooks import url_problem
 
 DIMENSION_STEP = 32
 
@@ -34,6 +35,16 @@ Guidance = Annotated[float, Field(ge=1.5, le=5.0), NotBool]
 OutputFormatName = Literal["jpeg", "png", "webp"]
 
 
+def _webhook_url(value: str) -> str:
+    problem = url_problem(value)
+    if problem is not None:
+        raise ValueError(f"webhook_url {problem}")
+    return value
+
+
+WebhookUrl = Annotated[str, Field(min_length=1, max_length=2083), AfterValidator(_webhook_url)]
+
+
 class _CommonInputs(BaseModel):
     """The fields every BFL generation endpoint takes."""
 
@@ -45,8 +56,12 @@ class _CommonInputs(BaseModel):
     )
     output_format: OutputFormatName | None = Field("jpeg", description="jpeg, png or webp.")
     prompt_upsampling: bool = Field(False, description="Rewrite the prompt before generating.")
-    webhook_url: str | None = Field(None, min_length=1, max_length=2083)
-    webhook_secret: str | None = None
+    webhook_url: WebhookUrl | None = Field(
+        None, description="http(s) URL to POST the result to when the task ends."
+    )
+    webhook_secret: str | None = Field(
+        None, description="Sent back in the webhook's X-Webhook-Secret header."
+    )
 
 
 class _Inputs(_CommonInputs):
@@ -152,11 +167,24 @@ class FluxProExpandInputs(_CommonInputs):
 
 
 class AsyncResponse(BaseModel):
+    """AsyncResponse, or with a webhook BFL's AsyncWebhookResponse (``status`` and
+    ``webhook_url`` too; ``polling_url`` is kept, as clients read it)."""
+
     id: str
     polling_url: str
     cost: float | None = None
     input_mp: float | None = None
     output_mp: float | None = None
+    status: str | None = None  # webhook mode only: "Pending"
+    webhook_url: str | None = None  # webhook mode only
+
+    @model_serializer(mode="wrap")
+    def _webhook_fields_only_when_set(self, handler):
+        data = handler(self)
+        for name in ("status", "webhook_url"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 ResultStatus = Literal[

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Query
 
-from fastapi import APIRouter, Header, Query
-
+from fluxserve.api.auth import CallerDep, SubmitterDep, owner_of
 from fluxserve.api.bfl import convert
 from fluxserve.api.bfl.protocol import (
     AsyncResponse,
@@ -20,108 +19,112 @@ from fluxserve.api.bfl.protocol import (
     _Inputs,
 )
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
+from fluxserve.jobs.service import Submission
 
 router = APIRouter(prefix="/v1", tags=["bfl"])
-
-XKey = Annotated[
-    str | None, Header(alias="x-key", description="API key (accepted; not checked yet).")
-]
 
 
 # The routes are plain ``def``: FastAPI runs them in the thread pool, where fetching and
 # decoding input images may block without stalling the event loop.
-def _submit(endpoint: str, inputs: _Inputs, services: ServicesDep, base: str) -> AsyncResponse:
+def _submit(
+    endpoint: str, inputs: _Inputs, services: ServicesDep, base: str, caller: Submission
+) -> AsyncResponse:
     spec = services.router.route(endpoint)
     request = convert.to_generation_request(endpoint, inputs, spec)
     request, prepared = convert.with_image_prompt(request, inputs, services.images)
-    job = services.jobs.submit(request, *(prepared.parts() if prepared else ()))
+    caller = convert.with_webhook(caller, inputs, base)
+    job = services.jobs.submit(request, *(prepared.parts() if prepared else ()), submission=caller)
     return convert.to_async_response(job, base)
 
 
 @router.post("/flux-dev", response_model=AsyncResponse)
-def flux_dev(inputs: FluxDevInputs, services: ServicesDep, base: BaseUrlDep, x_key: XKey = None):
+def flux_dev(inputs: FluxDevInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep):
     """Generate an image with FLUX.1 [dev]."""
-    return _submit("flux-dev", inputs, services, base)
+    return _submit("flux-dev", inputs, services, base, caller)
 
 
 @router.post("/flux-schnell", response_model=AsyncResponse)
 def flux_schnell(
-    inputs: FluxSchnellInputs, services: ServicesDep, base: BaseUrlDep, x_key: XKey = None
+    inputs: FluxSchnellInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
     """Generate an image with FLUX.1 [schnell] (a fluxserve endpoint; BFL does not host it)."""
-    return _submit("flux-schnell", inputs, services, base)
+    return _submit("flux-schnell", inputs, services, base, caller)
 
 
 @router.post("/flux-pro-1.1", response_model=AsyncResponse)
 def flux_pro_11(
-    inputs: FluxPro11Inputs, services: ServicesDep, base: BaseUrlDep, x_key: XKey = None
+    inputs: FluxPro11Inputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
     """Generate an image on the model mapped to FLUX1.1 [pro]."""
-    return _submit("flux-pro-1.1", inputs, services, base)
+    return _submit("flux-pro-1.1", inputs, services, base, caller)
 
 
 @router.post("/flux-pro", response_model=AsyncResponse)
-def flux_pro(inputs: FluxProInputs, services: ServicesDep, base: BaseUrlDep, x_key: XKey = None):
+def flux_pro(inputs: FluxProInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep):
     """Generate an image on the model mapped to FLUX.1 [pro] (legacy endpoint)."""
-    return _submit("flux-pro", inputs, services, base)
+    return _submit("flux-pro", inputs, services, base, caller)
 
 
 @router.post("/flux-kontext-pro", response_model=AsyncResponse)
 def flux_kontext_pro(
-    inputs: FluxKontextProInputs, services: ServicesDep, base: BaseUrlDep, x_key: XKey = None
+    inputs: FluxKontextProInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
     """Edit up to four reference images as the prompt says (or draw from the prompt alone)."""
-    return _submit_kontext("flux-kontext-pro", inputs, services, base)
+    return _submit_kontext("flux-kontext-pro", inputs, services, base, caller)
 
 
 @router.post("/flux-kontext-max", response_model=AsyncResponse)
 def flux_kontext_max(
-    inputs: FluxKontextProInputs, services: ServicesDep, base: BaseUrlDep, x_key: XKey = None
+    inputs: FluxKontextProInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
     """As flux-kontext-pro; served by the same Kontext model unless --alias maps it."""
-    return _submit_kontext("flux-kontext-max", inputs, services, base)
+    return _submit_kontext("flux-kontext-max", inputs, services, base, caller)
 
 
-def _submit_kontext(endpoint: str, inputs: FluxKontextProInputs, services: ServicesDep,
-                    base: str) -> AsyncResponse:  # fmt: skip
+def _submit_kontext(
+    endpoint: str, inputs: FluxKontextProInputs, services: ServicesDep, base: str,
+    caller: Submission,
+) -> AsyncResponse:  # fmt: skip
     spec = services.router.route(endpoint)
     request, prepared = convert.kontext_request(endpoint, inputs, spec, services.images)
-    job = services.jobs.submit(request, *prepared.parts())
+    caller = convert.with_webhook(caller, inputs, base)
+    job = services.jobs.submit(request, *prepared.parts(), submission=caller)
     return convert.to_async_response(job, base)
 
 
 @router.post("/flux-pro-1.0-fill", response_model=AsyncResponse)
 def flux_pro_fill(
-    inputs: FluxProFillInputs, services: ServicesDep, base: BaseUrlDep, x_key: XKey = None
+    inputs: FluxProFillInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
     """Inpaint: repaint the mask's white area (or the image's transparent pixels)."""
-    return _submit_fill("flux-pro-1.0-fill", inputs, services, base)
+    return _submit_fill("flux-pro-1.0-fill", inputs, services, base, caller)
 
 
 @router.post("/flux-pro-1.0-expand", response_model=AsyncResponse)
 def flux_pro_expand(
-    inputs: FluxProExpandInputs, services: ServicesDep, base: BaseUrlDep, x_key: XKey = None
+    inputs: FluxProExpandInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
     """Outpaint: add top/bottom/left/right pixels to the image and paint them in."""
-    return _submit_fill("flux-pro-1.0-expand", inputs, services, base)
+    return _submit_fill("flux-pro-1.0-expand", inputs, services, base, caller)
 
 
-def _submit_fill(endpoint: str, inputs: FluxProFillInputs | FluxProExpandInputs,
-                 services: ServicesDep, base: str) -> AsyncResponse:  # fmt: skip
+def _submit_fill(
+    endpoint: str, inputs: FluxProFillInputs | FluxProExpandInputs, services: ServicesDep,
+    base: str, caller: Submission,
+) -> AsyncResponse:  # fmt: skip
     spec = services.router.route(endpoint)
     request, prepared = convert.fill_request(endpoint, inputs, spec, services.images)
-    job = services.jobs.submit(request, *prepared.parts())
+    caller = convert.with_webhook(caller, inputs, base)
+    job = services.jobs.submit(request, *prepared.parts(), submission=caller)
     return convert.to_async_response(job, base)
 
 
 # async, so a poll is answered on the event loop without a thread-pool hop (which costs
 # more than the read itself): a SQLite read in WAL mode never waits for a writer.
 @router.get("/get_result", response_model=ResultResponse)
-async def get_result(
-    services: ServicesDep, base: BaseUrlDep, id: str = Query(...), x_key: XKey = None
-):
+async def get_result(services: ServicesDep, base: BaseUrlDep, key: CallerDep, id: str = Query(...)):
     """Status of a task and, once Ready, a signed link to its image."""
-    job = await services.jobs.read(services.jobs.get, id)
+    job = await services.jobs.read(services.jobs.get, id, owner_of(key))
     if job is None:
         return convert.not_found(id)
     urls = await services.jobs.read(services.jobs.result_urls, job, base)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from fluxserve.api.fal.protocol import (
     FluxImageToImageInput,
@@ -18,11 +21,20 @@ from fluxserve.api.fal.protocol import (
     _Input,
     _KontextProInput,
 )
-from fluxserve.domain import GenerationRequest, Job, JobStatus, OutputFormat, Task, random_seed
+from fluxserve.domain import (
+    GenerationRequest,
+    Job,
+    JobStatus,
+    OutputFormat,
+    Task,
+    Webhook,
+    random_seed,
+)
 from fluxserve.errors import InvalidRequest
 from fluxserve.imageinput import ImageReader
 from fluxserve.jobs import imageprep
 from fluxserve.jobs.imageprep import Prepared
+from fluxserve.jobs.service import Submission
 from fluxserve.safety.tolerance import MAX_TOLERANCE
 from fluxserve.specs import ModelSpec
 
@@ -216,7 +228,56 @@ def to_submitted(job: Job, urls: QueueUrls, position: int) -> QueueSubmitted:
         status_url=urls.status_url,
         cancel_url=urls.cancel_url,
         queue_position=position,
+        gateway_request_id=job.id if job.webhook else None,
     )
+
+
+def with_webhook(submission: Submission, fal_webhook: str | None, base_url: str) -> Submission:
+    """``submission`` plus the webhook of the queue submit's ``?fal_webhook=``, if any."""
+    if fal_webhook is None:
+        return submission
+    webhook = Webhook(fal_webhook, "fal", None, base_url)
+    return dataclasses.replace(submission, webhook=webhook)
+
+
+FAILED_STATUS = {JobStatus.CANCELLED: 400, JobStatus.FAILED: 500}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why an ended job has no output, as fal's result route answers it."""
+
+    status: int  # the HTTP status
+    detail: str
+    error_type: str
+
+
+def failure_of(job: Job) -> Failure | None:
+    """The error the result of an ended ``job`` is, or None when it has images."""
+    if job.status is JobStatus.REQUEST_MODERATED:
+        message = job.error_message or "The request was refused by the content policy."
+        return Failure(422, message, "content_policy_violation")
+    # A blocked output is a black image flagged in has_nsfw_concepts, even when every
+    # image of the request was blocked: fal never fails a batch for its content.
+    if job.status not in (JobStatus.SUCCEEDED, JobStatus.CONTENT_MODERATED):
+        message = job.error_message or "The request did not complete."
+        return Failure(FAILED_STATUS.get(job.status, 500), message, job.error_code or "error")
+    return None
+
+
+def webhook_payload(job: Job, images: list[str]) -> dict[str, Any]:
+    """The body POSTed to ``?fal_webhook=`` when ``job`` ends, as fal sends it:
+    ``request_id``, ``gateway_request_id``, ``status`` OK with the result body as
+    ``payload``, or ERROR with the error body as ``payload`` and ``error`` naming the
+    status code the result route answers."""
+    base = {"request_id": job.id, "gateway_request_id": job.id}
+    failure = failure_of(job)
+    if failure is not None:
+        payload = {"detail": failure.detail, "error_type": failure.error_type}
+        error = f"Invalid status code: {failure.status}"
+        return {**base, "status": "ERROR", "payload": payload, "error": error}
+    output = to_output(job, images).model_dump(mode="json")
+    return {**base, "status": "OK", "payload": output, "error": None}
 
 
 def _log(message: str, when: float) -> dict[str, str]:

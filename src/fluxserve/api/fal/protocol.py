@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError
 
 from fluxserve.api.validators import NotBool, ValidText, multiple_of
@@ -244,6 +251,14 @@ class QueueSubmitted(BaseModel):
     status_url: str
     cancel_url: str
     queue_position: int
+    gateway_request_id: str | None = None  # with ?fal_webhook= only, as fal answers
+
+    @model_serializer(mode="wrap")
+    def _gateway_id_only_when_set(self, handler):
+        data = handler(self)
+        if data.get("gateway_request_id") is None:
+            data.pop("gateway_request_id", None)
+        return data
 
 
 class QueueStatus(BaseModel):

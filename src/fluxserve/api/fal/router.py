@@ -7,12 +7,14 @@ build them so).
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 
+from fluxserve.api.auth import CallerDep, SubmitterDep, owner_of
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
 from fluxserve.api.fal import convert
 from fluxserve.api.fal.protocol import (
@@ -30,6 +32,8 @@ from fluxserve.api.fal.protocol import (
 )
 from fluxserve.bootstrap import Services
 from fluxserve.domain import Job, JobStatus
+from fluxserve.jobs.service import Submission
+from fluxserve.jobs.webhooks import url_problem
 
 router = APIRouter(tags=["fal"])
 
@@ -63,7 +67,20 @@ INPUT_MODELS: dict[str, type[_Base]] = {
     "fal-ai/flux-pro/v1/fill": FluxProFillInput,
 }
 SYNC_TIMEOUT = 600.0  # seconds a synchronous call waits for its job
-FAILED_STATUS = {JobStatus.CANCELLED: 400, JobStatus.FAILED: 500}
+
+
+def _fal_webhook(url: str | None) -> str | None:
+    problem = url_problem(url) if url is not None else None
+    if problem is not None:
+        raise ValueError(f"fal_webhook {problem}")
+    return url
+
+
+FalWebhook = Annotated[
+    str | None,
+    Query(description="URL to POST the result to when the request ends (as fal's)."),
+    AfterValidator(_fal_webhook),
+]
 
 
 def fal_error(status: int, detail: str, error_type: str) -> JSONResponse:
@@ -75,12 +92,13 @@ def input_model(endpoint: str) -> type[_Base]:
     return INPUT_MODELS.get(endpoint, FluxInput)
 
 
-def submit_job(endpoint: str, inputs: _Base, services: Services) -> Job:
+def submit_job(endpoint: str, inputs: _Base, services: Services, caller: Submission) -> Job:
     """Route, read the input images, build the request and queue it. Blocks (image
     fetches, decoding, storage): async routes call it in the thread pool."""
     spec = services.router.route(endpoint)
     request, prepared = convert.build_request(endpoint, inputs, spec, services.images)
-    return services.jobs.submit(request, *(prepared.parts() if prepared else ()))
+    parts = prepared.parts() if prepared else ()
+    return services.jobs.submit(request, *parts, submission=caller)
 
 
 def output_for(services: Services, job: Job, base: str) -> Output | JSONResponse:
@@ -88,14 +106,9 @@ def output_for(services: Services, job: Job, base: str) -> Output | JSONResponse
 
     Reads files (sync_mode), so async routes call it in the thread pool.
     """
-    if job.status is JobStatus.REQUEST_MODERATED:
-        message = job.error_message or "The request was refused by the content policy."
-        return fal_error(422, message, "content_policy_violation")
-    # A blocked output is a black image flagged in has_nsfw_concepts, even when every
-    # image of the request was blocked: fal never fails a batch for its content.
-    if job.status not in (JobStatus.SUCCEEDED, JobStatus.CONTENT_MODERATED):
-        message = job.error_message or "The request did not complete."
-        return fal_error(FAILED_STATUS.get(job.status, 500), message, job.error_code or "error")
+    failure = convert.failure_of(job)
+    if failure is not None:
+        return fal_error(failure.status, failure.detail, failure.error_type)
     if not job.request.inline_images:
         return convert.to_output(job, services.jobs.result_urls(job, base))
     uris = services.jobs.take_inline_images(job)
@@ -110,9 +123,13 @@ def make_sync(endpoint: str) -> Callable[..., Any]:
     inputs_type = input_model(endpoint)
 
     async def run_sync(
-        inputs: inputs_type, services: ServicesDep, base: BaseUrlDep, http_request: Request
+        inputs: inputs_type,
+        services: ServicesDep,
+        base: BaseUrlDep,
+        http_request: Request,
+        caller: SubmitterDep,
     ):
-        job = await run_in_threadpool(submit_job, endpoint, inputs, services)
+        job = await run_in_threadpool(submit_job, endpoint, inputs, services, caller)
         try:
             job = await services.jobs.wait(job.id, SYNC_TIMEOUT, http_request.is_disconnected)
         except TimeoutError:
@@ -126,8 +143,15 @@ def make_sync(endpoint: str) -> Callable[..., Any]:
 def make_submit(endpoint: str, app_id: str) -> Callable[..., Any]:
     inputs_type = input_model(endpoint)
 
-    async def submit(inputs: inputs_type, services: ServicesDep, base: BaseUrlDep):
-        job = await run_in_threadpool(submit_job, endpoint, inputs, services)
+    async def submit(
+        inputs: inputs_type,
+        services: ServicesDep,
+        base: BaseUrlDep,
+        caller: SubmitterDep,
+        fal_webhook: FalWebhook = None,
+    ):
+        caller = convert.with_webhook(caller, fal_webhook, base)
+        job = await run_in_threadpool(submit_job, endpoint, inputs, services, caller)
         position = await services.jobs.read(services.jobs.queue_position, job) or 0
         return convert.to_submitted(job, convert.QueueUrls(base, app_id, job.id), position)
 
@@ -137,9 +161,13 @@ def make_submit(endpoint: str, app_id: str) -> Callable[..., Any]:
 
 def make_status(app_id: str) -> Callable[..., Any]:
     async def status(
-        request_id: str, services: ServicesDep, base: BaseUrlDep, logs: bool = Query(False)
+        request_id: str,
+        services: ServicesDep,
+        base: BaseUrlDep,
+        key: CallerDep,
+        logs: bool = Query(False),
     ):
-        job = await services.jobs.read(services.jobs.get, request_id)
+        job = await services.jobs.read(services.jobs.get, request_id, owner_of(key))
         if job is None:
             return fal_error(404, f"Request {request_id} not found", "not_found")
         position = await services.jobs.read(services.jobs.queue_position, job)
@@ -151,8 +179,8 @@ def make_status(app_id: str) -> Callable[..., Any]:
 
 
 def make_result(app_id: str) -> Callable[..., Any]:
-    async def result(request_id: str, services: ServicesDep, base: BaseUrlDep):
-        job = await services.jobs.read(services.jobs.get, request_id)
+    async def result(request_id: str, services: ServicesDep, base: BaseUrlDep, key: CallerDep):
+        job = await services.jobs.read(services.jobs.get, request_id, owner_of(key))
         if job is None:
             return fal_error(404, f"Request {request_id} not found", "not_found")
         if not job.status.is_terminal:
@@ -168,13 +196,13 @@ def make_result(app_id: str) -> Callable[..., Any]:
 
 
 def make_cancel(app_id: str) -> Callable[..., Any]:
-    async def cancel(request_id: str, services: ServicesDep):
-        job = await services.jobs.read(services.jobs.get, request_id)
+    async def cancel(request_id: str, services: ServicesDep, key: CallerDep):
+        job = await services.jobs.read(services.jobs.get, request_id, owner_of(key))
         if job is None:
             return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
         if job.status.is_terminal:
             return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
-        after = await run_in_threadpool(services.jobs.cancel, request_id)
+        after = await run_in_threadpool(services.jobs.cancel, request_id, owner_of(key))
         if after in (JobStatus.RUNNING, JobStatus.CANCELLED):
             return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202)
         # It ended on its own between the look and the cancel.

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
+from fluxserve.api.auth import CallerDep, SubmitterDep
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
 from fluxserve.api.errors import openai_error
 from fluxserve.api.openai import convert
@@ -29,9 +29,6 @@ from fluxserve.errors import InvalidRequest
 router = APIRouter(prefix="/v1", tags=["openai"])
 
 WAIT_TIMEOUT = 600.0  # seconds; the OpenAI SDK's own default timeout
-Authorization = Annotated[
-    str | None, Header(description="Bearer API key (accepted; not checked yet).")
-]
 # An edit form: the images and the mask at their size limit, plus this for the text parts
 # and the multipart framing.
 FORM_OVERHEAD = 1024 * 1024
@@ -66,11 +63,12 @@ async def create_image(
     services: ServicesDep,
     base: BaseUrlDep,
     http_request: Request,
-    authorization: Authorization = None,
+    caller: SubmitterDep,
 ):
     """Generate images and answer when they are ready."""
     spec = convert.resolve_model(services.router, body.model)
-    job = await services.jobs.submit_async(convert.to_generation_request(body, spec))
+    request = convert.to_generation_request(body, spec)
+    job = await services.jobs.submit_async(request, submission=caller)
     return await _answer(job, body.response_format, services, base, http_request)
 
 
@@ -157,7 +155,7 @@ async def edit_image(
     services: ServicesDep,
     base: BaseUrlDep,
     http_request: Request,
-    authorization: Authorization = None,
+    caller: SubmitterDep,
 ):
     """Edit images as the prompt says and answer when the results are ready.
 
@@ -179,12 +177,12 @@ async def edit_image(
     request, prepared = await run_in_threadpool(
         convert.to_edit_request, edit, services.router, services.images
     )
-    job = await services.jobs.submit_async(request, *prepared.parts())
+    job = await services.jobs.submit_async(request, *prepared.parts(), submission=caller)
     return await _answer(job, edit.body.response_format, services, base, http_request)
 
 
 @router.get("/models", response_model=ModelList)
-def list_models(services: ServicesDep, authorization: Authorization = None) -> ModelList:
+def list_models(services: ServicesDep, _key: CallerDep) -> ModelList:
     """The loaded models."""
     created = int(services.started_at)
     return convert.to_model_list(list(services.router.models.values()), created)

@@ -1,0 +1,1 @@
+"""The web playground at ``/``: a small static page over the BFL API."""

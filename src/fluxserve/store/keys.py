@@ -1,0 +1,100 @@
+"""API keys in the job database: only a digest of each secret is stored."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from fluxserve.domain import JobStatus
+from fluxserve.store.sql import api_keys, jobs
+
+ACTIVE = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str  # public: names the key in logs, the CLI and job ownership
+    name: str
+    prefix: str  # the secret's first characters, to recognise it
+    max_active: int  # queued + running jobs at once
+    rate_per_minute: float | None  # submits per minute; None: unlimited
+    created_at: float
+    revoked_at: float | None = None
+
+
+def _row_to_key(row: sa.Row) -> ApiKey:
+    m = row._mapping
+    return ApiKey(
+        id=m["id"],
+        name=m["name"],
+        prefix=m["prefix"],
+        max_active=m["max_active"],
+        rate_per_minute=m["rate_per_minute"],
+        created_at=m["created_at"],
+        revoked_at=m["revoked_at"],
+    )
+
+
+class KeyStore:
+    """The api_keys table, and the job counts the limits need."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def add(self, key: ApiKey, digest: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(api_keys.insert().values(digest=digest, **key.__dict__))
+
+    def by_digest(self, digest: str) -> ApiKey | None:
+        """The live (not revoked) key whose secret has this digest."""
+        stmt = sa.select(api_keys).where(
+            api_keys.c.digest == digest, api_keys.c.revoked_at.is_(None)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return _row_to_key(row) if row else None
+
+    def all(self) -> list[ApiKey]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(api_keys).order_by(api_keys.c.created_at)).all()
+        return [_row_to_key(row) for row in rows]
+
+    def revoke(self, id_or_name: str) -> list[ApiKey]:
+        """Revoke the live key with this id, or every live key with this name."""
+        match = sa.or_(api_keys.c.id == id_or_name, api_keys.c.name == id_or_name)
+        stmt = (
+            api_keys.update()
+            .where(match, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=time.time())
+            .returning(*api_keys.c)
+        )
+        with self.engine.begin() as conn:
+            return [_row_to_key(row) for row in conn.execute(stmt).all()]
+
+    def has_live_keys(self) -> bool:
+        stmt = sa.select(api_keys.c.id).where(api_keys.c.revoked_at.is_(None)).limit(1)
+        with self.engine.connect() as conn:
+            return conn.execute(stmt).first() is not None
+
+    def active_jobs(self, owner: str) -> int:
+        """Queued and running jobs of one key."""
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(jobs)
+            .where(jobs.c.owner == owner, jobs.c.status.in_(ACTIVE))
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def queued_jobs(self) -> int:
+        """Queued jobs of every key and model."""
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(jobs)
+            .where(jobs.c.status == JobStatus.QUEUED.value)
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
