@@ -247,3 +247,15 @@ def test_a_memory_preset_on_cpu_resolves_to_none_and_says_so(tiny_model_dir, cap
     assert runner.memory_plan.preset == "none"
     assert "memory preset 12gb resolves to none on cpu" in caplog.text
     assert generate(runner, request()).std() > 0
+
+
+def test_batches_default_to_one_job_under_a_low_memory_preset(tiny_model_dir, tmp_path):
+    from fluxserve.engine.child import batch_size
+    from fluxserve.runtime.memory import PRESET_PLANS, MemoryPreset
+
+    runner = FluxRunner([resolved(tiny_model_dir)])
+    settings = Settings(data_dir=tmp_path)
+    assert batch_size(settings, runner) == 4  # the default, all weights on the device
+    runner.memory_plan = PRESET_PLANS[MemoryPreset.GB12]
+    assert batch_size(settings, runner) == 1
+    assert batch_size(Settings(data_dir=tmp_path, max_batch_size=3), runner) == 3

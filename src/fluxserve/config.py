@@ -111,11 +111,12 @@ class Settings(BaseSettings):
         "job arrives (on-demand: a quick start, a slow first job per model).",
     )
     max_batch_size: int = Field(
-        1,
+        4,
         ge=1,
         le=64,
         description="Run up to this many queued single-image text-to-image jobs that share "
-        "model, size, steps and guidance as one batch (1: one job at a time).",
+        "model, size, steps, guidance and tier as one batch (1: one job at a time). The "
+        "default is 1 under the 24gb/16gb/12gb memory presets.",
     )
     max_batch_wait_ms: float = Field(
         0.0,

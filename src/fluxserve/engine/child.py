@@ -88,12 +88,23 @@ def run_worker(
         mark=watermarker() if settings.watermark else None,
         sign=c2pa_signer(settings.c2pa_cert, settings.c2pa_key) if settings.c2pa_cert else None,
         max_attempts=settings.max_attempts,
-        batch=BatchPolicy(settings.max_batch_size, settings.max_batch_wait_ms / 1000),
+        batch=BatchPolicy(batch_size(settings, runner), settings.max_batch_wait_ms / 1000),
     )
     try:
         Worker(store, storage, runner, options, wake, stop, moderation).run()
     finally:
         store.close()
+
+
+def batch_size(settings: Settings, runner: FluxRunner) -> int:
+    """--max-batch-size; by default 1 on a low-memory preset, where a batch's activations
+    may not fit beside the weights."""
+    low_memory = runner.memory_plan.preset not in ("none", "80gb")
+    if low_memory and "max_batch_size" not in settings.model_fields_set:
+        logger.info("memory preset %s: one job at a time (--max-batch-size to change)",
+                    runner.memory_plan.preset)  # fmt: skip
+        return 1
+    return settings.max_batch_size
 
 
 def warm_up(runner: FluxRunner, warmup: list[str]) -> None:
