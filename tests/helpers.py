@@ -87,3 +87,14 @@ def job_count(client: TestClient) -> int:
 
     with client.app.state.services.store.engine.connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one()
+
+
+def wait_for(condition, what: str, timeout: float = 60.0):
+    """``condition()``'s first truthy result, polled every 10 ms; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.01)
+    raise AssertionError(f"{what}: not seen within {timeout} s")

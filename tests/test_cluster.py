@@ -4,6 +4,7 @@ PostgreSQL job store and one data dir (local storage), killed and restarted unde
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -324,7 +325,7 @@ def test_restarting_every_api_replica_loses_and_repeats_no_job(cluster):
         api = apis[i % 2]
         body = wait_for(lambda a=api, j=job_id: (b := a.result(j))["status"] != "Pending" and b,
                         120, f"job {job_id}")  # fmt: skip
-        assert body["status"] == "Ready", body
+        assert body["status"] == "Ready", json.dumps(body)
         assert apis[(i + 1) % 2].result(job_id)["status"] == "Ready"  # either replica says so
 
     rows = {row["id"]: row for row in c.rows()}
@@ -505,7 +506,7 @@ def test_database_outage_under_load_everyone_reconnects(cluster):
     for job_id in ids:
         body = wait_for(lambda j=job_id: (b := api.result(j))["status"] != "Pending" and b,
                         120, f"job {job_id}")  # fmt: skip
-        assert body["status"] == "Ready", body
+        assert body["status"] == "Ready", json.dumps(body)
     rows = {row["id"]: row for row in c.rows()}
     assert sorted(rows) == sorted(ids)  # the refused submit left no job behind
     assert all(row["status"] == "succeeded" for row in rows.values())

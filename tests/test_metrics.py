@@ -15,7 +15,7 @@ from fluxserve.config import Settings
 from fluxserve.domain import GenerationRequest, Job, JobStatus
 from fluxserve.store.sql import jobs
 from fluxserve.store.sqlite import SqliteJobStore
-from tests.helpers import SMALL, poll_result, wait_ready
+from tests.helpers import SMALL, poll_result, wait_for, wait_ready
 
 FAST = {**SMALL, "steps": 2}
 # Runs for seconds on CPU: the cancel below stops it early.
@@ -44,16 +44,6 @@ def submit_bfl(client: TestClient, prompt: str, **fields) -> str:
     response = client.post("/v1/flux-dev", json={"prompt": prompt, **FAST, **fields})
     assert response.status_code == 200, response.text
     return response.json()["id"]
-
-
-def wait_for(condition, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.01)
-    raise AssertionError(f"{what}: not seen within {timeout} s")
 
 
 def test_jobs_counted_by_outcome_with_their_times(client):

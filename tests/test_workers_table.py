@@ -19,6 +19,7 @@ from fluxserve.store.base import STALE_AFTER_LEASES
 from fluxserve.store.postgres import PostgresJobStore
 from fluxserve.store.sqlite import SqliteJobStore
 from fluxserve.weights import resolve_model
+from tests.helpers import wait_for
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -42,16 +43,6 @@ def small(model: str, seed: int = 1) -> GenerationRequest:
     return GenerationRequest(
         model=model, prompt="a fox", width=256, height=256, steps=2, guidance=3.0, seed=seed
     )
-
-
-def wait_for(condition, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.01)
-    raise AssertionError(f"{what}: not seen within {timeout} s")
 
 
 # -- the store ---------------------------------------------------------------------------------

@@ -405,13 +405,21 @@ class Worker:
             images = self.runner.generate_batch(requests, on_step, should_stop)
             self.last_model_seconds = time.perf_counter() - started
             for (job, verdict), image in zip(admitted, images, strict=True):
-                if job.id in cancelled or self.store.is_cancel_requested(job.id):
+                if job.id in cancelled or self._cancel_asked(job.id):
                     outcomes[job.id] = Outcome(cancelled=True)
                     continue
                 kept = self.moderation.after(verdict.request, [image], verdict.report)
                 keys = self._store_images(job, verdict.request, kept, verdict.report)
                 outcomes[job.id] = Outcome(keys, verdict.report)
         return [outcomes[job.id] for job, _ in admitted]
+
+    def _cancel_asked(self, job_id: str) -> bool:
+        """Whether the job's cancel was asked for; no, while the database is unreachable
+        (its completion then waits for the database and finds out there)."""
+        try:
+            return self.store.is_cancel_requested(job_id)
+        except DatabaseError:
+            return False
 
     def _admit_all(self, jobs: list[Job]) -> tuple[dict[str, Outcome], list[tuple[Job, Any]]]:
         """The refused jobs' outcomes, and the admitted jobs with their verdicts."""
