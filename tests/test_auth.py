@@ -169,6 +169,11 @@ def test_a_full_queue_is_a_503_with_retry_after(settings):
     refused = bfl_submit(client, None)
     assert refused.status_code == 503
     assert int(refused.headers["retry-after"]) > 0
+    assert "queue is full" in refused.json()["detail"]  # said, not masked as a fault
+    openai = client.post("/v1/images/generations", json={"prompt": "p"})
+    assert openai.status_code == 503
+    assert openai.json()["error"]["code"] == "server_busy"
+    assert "queue is full" in openai.json()["error"]["message"]
     fal = client.post("/queue/fal-ai/flux/dev", json={"prompt": "p"})
     assert fal.status_code == 503
     assert fal.json()["error_type"] == "server_busy"
@@ -280,3 +285,52 @@ def test_keys_cli_prints_the_secret_alone_and_never_lists_it(tmp_path, capsys):
     assert main(["keys", "revoke", "ci", *data]) == 0
     assert main(["keys", "revoke", "ci", *data]) == 1  # already revoked
     assert main(["keys", "create", "--name", " ", *data]) == 2
+
+
+# --- limits hold under concurrent submits -------------------------------------------------
+
+
+def _race(store, owner_key, limits, count: int = 20) -> int:
+    """``count`` threads create queued jobs at once under ``limits``; how many got in."""
+    import threading
+
+    from fluxserve.domain import GenerationRequest, Job
+    from fluxserve.errors import TooManyRequests
+
+    request = GenerationRequest(model="tiny", prompt="p", width=64, height=64, steps=1,
+                                guidance=None, seed=1)  # fmt: skip
+    created, barrier = [], threading.Barrier(count)
+
+    def submit() -> None:
+        barrier.wait()
+        try:
+            store.create(Job(id=str(uuid.uuid4()), request=request, owner=owner_key), limits)
+            created.append(1)
+        except TooManyRequests:  # and ServerBusy, its subclass
+            pass
+
+    threads = [threading.Thread(target=submit) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return len(created)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_concurrent_submits_cannot_pass_the_limits(backend, tmp_path, request):
+    from fluxserve.store.sql import SubmitLimits
+
+    if backend == "sqlite":
+        from fluxserve.store.sqlite import SqliteJobStore
+
+        store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    else:
+        from fluxserve.store.postgres import PostgresJobStore
+
+        store = PostgresJobStore(request.getfixturevalue("pg_url"))
+    try:
+        assert _race(store, "key_a", SubmitLimits(max_active=2)) == 2
+        assert _race(store, "key_b", SubmitLimits(max_queue=5)) == 3  # 2 of key_a queued
+    finally:
+        store.close()

@@ -123,6 +123,8 @@ def test_settings_refuse_bad_tiers_and_warmup_sizes(tmp_path):
         Settings(data_dir=tmp_path, tier=["turbo"])
     with pytest.raises(ValidationError, match="WxH"):
         Settings(data_dir=tmp_path, warmup=["big"])
+    with pytest.raises(ValidationError, match="64 to 4096"):
+        Settings(data_dir=tmp_path, warmup=["0x0"])
     assert Settings(data_dir=tmp_path, tier="fp8,tiny=cache").tier == ["fp8", "tiny=cache"]
 
 

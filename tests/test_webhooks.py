@@ -519,3 +519,90 @@ def test_retry_delays_back_off_then_repeat():
 )
 def test_good_webhook_urls(url):
     assert url_problem(url) is None
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline(monkeypatch):
+    """Each read within the timeout, the answer never complete: the attempt still ends."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 10_000:
+                if stop.wait(0.1):  # one byte every 0.1 s: each read is quick
+                    return
+                conn.sendall(bytes([byte]))
+
+    threading.Thread(target=trickle, daemon=True).start()
+    monkeypatch.setattr(webhooks, "ATTEMPT_DEADLINE_FACTOR", 2)
+    started = time.monotonic()
+    outcome = webhooks.post(
+        f"http://127.0.0.1:{port}/hook", b"{}", {}, UrlPolicy(allow_private=True), timeout=0.5
+    )
+    elapsed = time.monotonic() - started
+    stop.set()
+    listener.close()
+    assert not outcome.delivered
+    assert outcome.retry
+    assert elapsed < 10  # cut off (at about 1 s), not after the 10,000 bytes' 1,000 s
+
+
+@pytest.mark.parametrize(
+    ("secret", "message"),
+    [("clé", "printable ASCII"), ("a\r\nX-Evil: 1", "printable ASCII"), ("", "1 to 256")],
+)
+def test_a_secret_that_cannot_be_a_header_is_422(idle_client, secret, message):
+    body = {"prompt": "x", **FAST, "webhook_url": "https://example.com/h", "webhook_secret": secret}
+    response = idle_client.post("/v1/flux-dev", json=body)
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "webhook_secret"]
+    assert message in error["msg"]
+
+
+def test_an_internationalised_host_is_sent_as_punycode(receiver, monkeypatch):
+    monkeypatch.setattr("fluxserve.imageinput._resolve", lambda host: ["127.0.0.1"])
+    port = receiver.url.rsplit(":", 1)[1]
+    outcome = webhooks.post(
+        f"http://bücher.example:{port}/hook", b'{"id": "x"}', {},
+        UrlPolicy(allowed_addresses=frozenset({"127.0.0.1"})), timeout=5.0,
+    )  # fmt: skip
+    assert outcome.delivered, outcome
+    (hook,) = receiver.wait_for(1)
+    assert hook.headers["Host"] == f"xn--bcher-kva.example:{port}"
+
+
+def test_a_crashing_delivery_is_recorded_not_retried_for_ever(tmp_path, monkeypatch):
+    from fluxserve.store.sqlite import SqliteJobStore
+
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    job = Job(
+        id=str(uuid.uuid4()),
+        request=GenerationRequest(
+            model="tiny", prompt="p", width=64, height=64, steps=1, guidance=None, seed=1
+        ),  # fmt: skip
+        webhook=Webhook("https://example.com/h", "bfl"),
+    )
+    store.create(job)
+    claimed = store.claim("w", ["tiny"], 30)
+    store.complete(claimed.id, claimed.attempt, [])
+
+    def crash(*_args, **_kwargs):  # stands for a bug: the receiver is never reached
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(webhooks, "post", crash)
+    dispatcher = webhooks.WebhookDispatcher(store, lambda _job: {}, UrlPolicy())
+    (due,) = store.due_webhooks(time.time(), 1, dispatcher.hold_seconds)
+    dispatcher._deliver_then_release(due)
+    settled_job = store.get(job.id)
+    assert settled_job.webhook_state == "failed"
+    assert "crashed" in settled_job.webhook_error
+    assert store.ended_before(time.time() + 1) == [job.id]  # and so it can be purged
+    store.close()

@@ -293,8 +293,13 @@ class Settings(BaseSettings):
             if size in ("auto", "off"):
                 continue
             width, sep, height = size.partition("x")
-            if not (sep and width.isdigit() and height.isdigit()):
-                raise ValueError(f"warmup size {size!r} must be WxH (e.g. 1024x1024), auto or off")
+            if not (sep and width.isdigit() and height.isdigit()) or not (
+                64 <= int(width) <= 4096 and 64 <= int(height) <= 4096
+            ):
+                raise ValueError(
+                    f"warmup size {size!r} must be WxH with sides of 64 to 4096 (e.g. "
+                    "1024x1024), auto or off"
+                )
         return sizes
 
     @field_validator("database")

@@ -133,7 +133,8 @@ def pin_url(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]
     of the original host: the connection goes where the check looked, so a DNS answer that
     changes between check and connect (DNS rebinding) cannot redirect it."""
     parts = urlsplit(url)
-    hostname = parts.hostname or ""
+    # Headers and the TLS server name are ASCII: an internationalised name goes as punycode.
+    hostname = (parts.hostname or "").encode("idna").decode("ascii")
     host = f"[{address}]" if ":" in address else address
     netloc = f"{host}:{parts.port}" if parts.port else host
     host_header = f"{hostname}:{parts.port}" if parts.port else hostname

@@ -8,6 +8,7 @@ anonymous owner.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -45,7 +46,6 @@ async def authenticate(request: Request) -> ApiKey | None:
     key = await services.jobs.read(services.keys.find, secret)
     if key is None:
         raise Unauthenticated(BAD_KEY)
-    request.state.api_key = key.id  # for the access log
     return key
 
 
@@ -72,9 +72,28 @@ async def idempotency_key(
 IdempotencyDep = Annotated[str | None, Depends(idempotency_key)]
 
 
-async def submitter(key: CallerDep, idempotency: IdempotencyDep) -> Submission:
-    """Who submits and with which Idempotency-Key; a dialect adds its webhook."""
+async def submitter(request: Request, key: CallerDep, idempotency: IdempotencyDep) -> Submission:
+    """Who submits and with which Idempotency-Key; a dialect adds its webhook.
+
+    The limits are checked here, before the route fetches and decodes any input image: a
+    client past its limit (429) or a full server (503) costs two counts. A retry whose
+    Idempotency-Key is known is let through to get its first job back.
+    """
+    services: Services = request.app.state.services
+    jobs = services.jobs
+    replay = idempotency is not None and (
+        await jobs.read(jobs.store.find_idempotent, owner_of(key), idempotency)
+    )
+    if not replay and jobs.admission is not None:
+        await jobs.read(jobs.admission.check, key)
     return Submission(key=key, idempotency_key=idempotency)
 
 
 SubmitterDep = Annotated[Submission, Depends(submitter)]
+
+
+def abandoned(request: Request, caller: Submission) -> Callable[[], Awaitable[bool]] | None:
+    """What tells a synchronous route that its client went away (and its job may be
+    cancelled): nothing when the client sent an Idempotency-Key, since its retry wants
+    the same job back, finished."""
+    return None if caller.idempotency_key is not None else request.is_disconnected

@@ -58,6 +58,7 @@ ERROR_TYPES: dict[type[FluxserveError], str] = {
 # OpenAI's own codes for these, as its SDK and users know them.
 OPENAI_CODES: dict[type[FluxserveError], str] = {
     Unauthenticated: "invalid_api_key",
+    ServerBusy: "server_busy",
     TooManyRequests: "rate_limit_exceeded",
 }
 OPENAI_PREFIXES = ("/v1/images", "/v1/models")
@@ -145,7 +146,9 @@ async def handle_fluxserve_error(request: Request, exc: Exception) -> JSONRespon
 def _error_response(request: Request, exc: FluxserveError) -> JSONResponse:
     status = status_code_for(exc)
     message = exc.message
-    if status >= 500:
+    if isinstance(exc, ServerBusy):  # load, not a fault: the client should read why
+        logger.info("submit refused: %s", exc.message)
+    elif status >= 500:
         logger.error("request failed: %s", exc.message)
         message = "Internal server error."
     dialect = dialect_of(request.url.path)

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 
 from fluxserve.errors import ServerBusy, TooManyRequests
 from fluxserve.store.keys import ApiKey, KeyStore
+from fluxserve.store.sql import ACTIVE_RETRY_AFTER, BUSY_RETRY_AFTER, SubmitLimits
 
 SECRET_PREFIX = "fsk_"
 DEFAULT_MAX_ACTIVE = 24  # BFL's limit of active tasks per key
 # How long a looked-up key is trusted before the database is asked again: a revoked key
 # stops working within this many seconds.
 KEY_CACHE_SECONDS = 5.0
-ACTIVE_RETRY_AFTER = 5  # seconds: a job of the key has likely finished by then
-BUSY_RETRY_AFTER = 10
 
 
 def digest(secret: str) -> str:
@@ -94,13 +93,20 @@ class _Bucket:
 
 class Admission:
     """Refuses a submit when the server's queue is full (503) or the key has too many
-    active jobs or too many recent submits (429); each with a Retry-After."""
+    active jobs or too many recent submits (429); each with a Retry-After.
+
+    ``check`` runs before a submit's images are fetched and decoded, so a refused client
+    costs two counts; ``limits`` go with the insert, which enforces them atomically.
+    """
 
     def __init__(self, keys: KeyStore, max_queue: int) -> None:
         self.keys = keys
         self.max_queue = max_queue
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
+
+    def limits(self, key: ApiKey | None) -> SubmitLimits:
+        return SubmitLimits(key.max_active if key is not None else None, self.max_queue)
 
     def check(self, key: ApiKey | None) -> None:
         if self.keys.queued_jobs() >= self.max_queue:

@@ -87,8 +87,6 @@ class JobService:
             earlier = self.store.find_idempotent(submission.owner, submission.idempotency_key)
             if earlier is not None:
                 return earlier
-        if self.admission is not None:  # 429 / 503 before anything is stored
-            self.admission.check(submission.key)
         job_id = str(uuid.uuid4())
         request, report, refusal = self.policy.admit(request)
         owned = {
@@ -134,8 +132,9 @@ class JobService:
     def _create(self, job: Job, submission: Submission) -> Job:
         """Store ``job``; when a concurrent submit with the same Idempotency-Key stored its
         job first, that job (the unique index decides)."""
+        limits = self.admission.limits(submission.key) if self.admission else None
         try:
-            return self.store.create(job)
+            return self.store.create(job, limits)
         except IntegrityError:
             key = submission.idempotency_key
             earlier = self.store.find_idempotent(submission.owner, key) if key else None

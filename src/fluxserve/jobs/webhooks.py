@@ -27,6 +27,7 @@ again by whoever claims it next, so receivers should de-duplicate on the job id.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -54,6 +55,9 @@ USER_AGENT = f"fluxserve/{__version__} (webhook)"
 ERROR_CHARS = 500  # a receiver's answer is cut to this much in the recorded error
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+# An attempt ends at this many timeouts, however the receiver dribbles out its answer.
+ATTEMPT_DEADLINE_FACTOR = 3
+MAX_SECRET_LENGTH = 256
 
 
 def url_problem(url: str) -> str | None:
@@ -75,6 +79,19 @@ def url_problem(url: str) -> str | None:
         return "must name a host"
     if parts.username is not None or parts.password is not None:
         return "must not carry a user name or password"
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        return "has a host name that cannot be encoded (IDNA)"
+    return None
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why ``secret`` cannot travel in the X-Webhook-Secret header, or None."""
+    if not 1 <= len(secret) <= MAX_SECRET_LENGTH:
+        return f"must be 1 to {MAX_SECRET_LENGTH} characters"
+    if not all(32 <= ord(ch) < 127 for ch in secret):
+        return "must be printable ASCII (it is sent as an HTTP header)"
     return None
 
 
@@ -103,9 +120,14 @@ def post(url: str, body: bytes, headers: dict[str, str], policy: UrlPolicy,
     pinned, host_header, extensions = pin_url(url, address)
     headers = {**headers, **host_header}
     # trust_env off: an operator's HTTP(S)_PROXY must not carry these requests elsewhere.
+    client = httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False)
+    # httpx's timeout bounds each read; a receiver that trickles its answer a byte at a time
+    # would hold the attempt for ever. The watchdog closes the connection at the deadline.
+    watchdog = threading.Timer(ATTEMPT_DEADLINE_FACTOR * timeout, client.close)
+    watchdog.start()
     try:
         with (
-            httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client,
+            client,
             client.stream(
                 "POST", pinned, content=body, headers=headers, extensions=extensions
             ) as response,
@@ -113,8 +135,15 @@ def post(url: str, body: bytes, headers: dict[str, str], policy: UrlPolicy,
             status = response.status_code  # the body is not read: only the status counts
     except httpx.TimeoutException:
         return Outcome(False, retry=True, error=f"no answer within {timeout:g} s")
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: closed by the watchdog
+        if not watchdog.is_alive():
+            return Outcome(False, retry=True, error=f"no answer within "
+                           f"{ATTEMPT_DEADLINE_FACTOR * timeout:g} s")  # fmt: skip
         return Outcome(False, retry=True, error=f"{type(exc).__name__}: {exc}"[:ERROR_CHARS])
+    except (UnicodeError, ValueError) as exc:  # a header httpx cannot send: never will
+        return Outcome(False, error=f"the request could not be sent: {exc}"[:ERROR_CHARS])
+    finally:
+        watchdog.cancel()
     if 200 <= status < 300:
         return Outcome(True)
     if status >= 500 or status in RETRYABLE_STATUS:
@@ -208,8 +237,11 @@ class WebhookDispatcher:
     def _deliver_then_release(self, job: Job) -> None:
         try:
             self.deliver(job)
-        except Exception:  # recorded as nothing: the claim's hold expires and it is retried
+        except Exception as exc:  # a bug, not the receiver: record it rather than loop
             logger.exception("job %s: webhook delivery crashed", job.id)
+            with contextlib.suppress(Exception):
+                failure = Outcome(False, error=f"delivery crashed: {type(exc).__name__}")
+                self._record(job, job.webhook_attempts, failure)
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -218,6 +250,12 @@ class WebhookDispatcher:
         """Make the attempt ``job`` was claimed for, and record its outcome."""
         assert job.webhook is not None
         attempt = job.webhook_attempts
+        ended = job.finished_at or job.created_at
+        if attempt > 1 and time.time() > ended + self.retry_window + self.hold_seconds:
+            # Only claims that were lost (a dispatcher died mid-attempt) get here this late.
+            outcome = Outcome(False, error="the retry window passed")
+            self._record(job, attempt, outcome)
+            return outcome
         try:
             body = json.dumps(self.render(job)).encode()
         except Exception as exc:  # e.g. storage could not sign a URL just now

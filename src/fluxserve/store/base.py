@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from fluxserve.domain import Job, JobReport, JobStatus
 
@@ -53,8 +53,9 @@ class EndedJob:
 
 
 class JobStore(Protocol):
-    def create(self, job: Job) -> Job:
-        """Insert a queued job; returns it with its queue sequence number."""
+    def create(self, job: Job, limits: Any = None) -> Job:
+        """Insert a queued job; returns it with its queue sequence number. ``limits``
+        (sql.SubmitLimits) refuse it atomically past its key's or the server's limit."""
         ...
 
     def get(self, job_id: str) -> Job | None: ...

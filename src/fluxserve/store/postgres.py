@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 CHANNEL = "fluxserve_jobs"
 LISTEN_POLL = 1.0  # seconds between checks of ``stop`` while listening
 RECONNECT_DELAY = 2.0  # seconds before listening again after the connection dropped
+LIMITS_LOCK = 0x666C7578  # advisory lock key of limited job creates ("flux")
 
 
 def engine_url(url: str) -> sa.URL:
@@ -52,6 +53,11 @@ class PostgresJobStore(SqlJobStore):
         super().__init__(engine)
         if migrate:
             self.create_schema()
+
+    def _serialise_limited_creates(self, conn: sa.Connection) -> None:
+        # Concurrent transactions cannot see each other's uncommitted inserts, so limited
+        # creates take one lock in turn (held to commit): each counts every job before it.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LIMITS_LOCK})
 
     def _announce(self, conn: sa.Connection) -> None:
         conn.execute(sa.text(f"NOTIFY {CHANNEL}"))  # delivered when the transaction commits

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from fluxserve.domain import GenerationRequest, Job, JobReport, JobStatus, Webhook
+from fluxserve.errors import ServerBusy, TooManyRequests
 from fluxserve.states import sources_of
 from fluxserve.store.base import EndedJob, WorkerRecord
 
@@ -89,6 +91,16 @@ workers = sa.Table(
 )
 
 _RUNNING = JobStatus.RUNNING.value
+ACTIVE_RETRY_AFTER = 5  # seconds: a job of the key has likely finished by then
+BUSY_RETRY_AFTER = 10
+
+
+@dataclass(frozen=True)
+class SubmitLimits:
+    """What a new queued job may not exceed: its key's active jobs, the server's queue."""
+
+    max_active: int | None = None
+    max_queue: int | None = None
 
 
 def _states(target: JobStatus) -> list[str]:
@@ -197,7 +209,11 @@ class SqlJobStore:
             return {model: int(count) for model, count in conn.execute(stmt)}
 
     # -- writes --------------------------------------------------------------------------
-    def create(self, job: Job) -> Job:
+    def create(self, job: Job, limits: SubmitLimits | None = None) -> Job:
+        """Insert ``job``. With ``limits`` a queued job is refused (TooManyRequests,
+        ServerBusy) when it would take its owner past ``max_active`` queued + running jobs
+        or the server past ``max_queue`` queued ones: checked in the inserting transaction,
+        so concurrent submits cannot all slip past (see ``_serialise_limited_creates``)."""
         values = {
             "id": job.id,
             "model": job.model,
@@ -220,12 +236,52 @@ class SqlJobStore:
             "webhook_state": "pending" if job.webhook else None,
             "webhook_attempts": 0,
         }
+        limited = limits is not None and job.status is JobStatus.QUEUED
         with self.engine.begin() as conn:
+            if limited:
+                self._serialise_limited_creates(conn)
             seq = conn.execute(jobs.insert().values(**values).returning(jobs.c.seq)).scalar_one()
+            if limited:
+                self._enforce(conn, job.owner, limits)  # raises: the insert is rolled back
             if job.status is JobStatus.QUEUED:
                 self._announce(conn)
         job.seq, job.created_at = seq, values["created_at"]
         return job
+
+    def _serialise_limited_creates(self, conn: sa.Connection) -> None:
+        """Make limited creates take turns. SQLite needs nothing: the insert takes the
+        database's write lock before the counts run, so the next creator waits and then
+        counts this job. PostgreSQL overrides this with a transaction-scoped lock."""
+
+    @staticmethod
+    def _enforce(conn: sa.Connection, owner: str, limits: SubmitLimits) -> None:
+        """Counts that include the job just inserted; over a limit, raise."""
+        if limits.max_queue is not None:
+            queued = (
+                sa.select(sa.func.count())
+                .select_from(jobs)
+                .where(jobs.c.status == JobStatus.QUEUED.value)
+            )
+            if conn.execute(queued).scalar_one() > limits.max_queue:
+                raise ServerBusy(
+                    f"The server's queue is full ({limits.max_queue} jobs); retry later.",
+                    BUSY_RETRY_AFTER,
+                )
+        if limits.max_active is not None:
+            active = (
+                sa.select(sa.func.count())
+                .select_from(jobs)
+                .where(
+                    jobs.c.owner == owner,
+                    jobs.c.status.in_([JobStatus.QUEUED.value, _RUNNING]),
+                )
+            )
+            if conn.execute(active).scalar_one() > limits.max_active:
+                raise TooManyRequests(
+                    f"This API key has {limits.max_active} active tasks, its limit; wait "
+                    "until one finishes.",
+                    ACTIVE_RETRY_AFTER,
+                )
 
     def _claim_candidate(self, models: list[str]) -> sa.ScalarSelect:
         candidate = (

@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_seriali
 
 from fluxserve.api.validators import NotBool, multiple_of, valid_text
 from fluxserve.domain import MAX_SEED
-from fluxserve.jobs.webhooks import url_problem
+from fluxserve.jobs.webhooks import secret_problem, url_problem
 
 DIMENSION_STEP = 32
 
@@ -45,6 +45,16 @@ def _webhook_url(value: str) -> str:
 WebhookUrl = Annotated[str, Field(min_length=1, max_length=2083), AfterValidator(_webhook_url)]
 
 
+def _webhook_secret(value: str) -> str:
+    problem = secret_problem(value)
+    if problem is not None:
+        raise ValueError(f"webhook_secret {problem}")
+    return value
+
+
+WebhookSecret = Annotated[str, AfterValidator(_webhook_secret)]
+
+
 class _CommonInputs(BaseModel):
     """The fields every BFL generation endpoint takes."""
 
@@ -59,7 +69,7 @@ class _CommonInputs(BaseModel):
     webhook_url: WebhookUrl | None = Field(
         None, description="http(s) URL to POST the result to when the task ends."
     )
-    webhook_secret: str | None = Field(
+    webhook_secret: WebhookSecret | None = Field(
         None, description="Sent back in the webhook's X-Webhook-Secret header."
     )
 

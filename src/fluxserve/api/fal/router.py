@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 
-from fluxserve.api.auth import CallerDep, SubmitterDep, owner_of
+from fluxserve.api.auth import CallerDep, SubmitterDep, abandoned, owner_of
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
 from fluxserve.api.fal import convert
 from fluxserve.api.fal.protocol import (
@@ -131,7 +131,7 @@ def make_sync(endpoint: str) -> Callable[..., Any]:
     ):
         job = await run_in_threadpool(submit_job, endpoint, inputs, services, caller)
         try:
-            job = await services.jobs.wait(job.id, SYNC_TIMEOUT, http_request.is_disconnected)
+            job = await services.jobs.wait(job.id, SYNC_TIMEOUT, abandoned(http_request, caller))
         except TimeoutError:
             return fal_error(504, "Request timed out", "request_timeout")
         return await run_in_threadpool(output_for, services, job, base)

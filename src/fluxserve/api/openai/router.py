@@ -11,7 +11,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from fluxserve.api.auth import CallerDep, SubmitterDep
+from fluxserve.api.auth import CallerDep, SubmitterDep, abandoned
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
 from fluxserve.api.errors import openai_error
 from fluxserve.api.openai import convert
@@ -25,6 +25,7 @@ from fluxserve.api.openai.protocol import (
 from fluxserve.bootstrap import Services
 from fluxserve.domain import Job, JobStatus
 from fluxserve.errors import InvalidRequest
+from fluxserve.jobs.service import Submission
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
@@ -37,11 +38,16 @@ MAX_FORM_FIELDS = 64
 
 
 async def _answer(
-    job: Job, response_format: str, services: Services, base: str, http_request: Request
+    job: Job,
+    response_format: str,
+    services: Services,
+    base: str,
+    http_request: Request,
+    caller: Submission,
 ) -> ImagesResponse | JSONResponse:
     """Wait for the job (a client that goes away cancels it) and answer with its images."""
     try:
-        job = await services.jobs.wait(job.id, WAIT_TIMEOUT, http_request.is_disconnected)
+        job = await services.jobs.wait(job.id, WAIT_TIMEOUT, abandoned(http_request, caller))
     except TimeoutError:
         return openai_error(504, "The image was not ready in time.", code="timeout")
     if job.status in (JobStatus.REQUEST_MODERATED, JobStatus.CONTENT_MODERATED):
@@ -69,7 +75,7 @@ async def create_image(
     spec = convert.resolve_model(services.router, body.model)
     request = convert.to_generation_request(body, spec)
     job = await services.jobs.submit_async(request, submission=caller)
-    return await _answer(job, body.response_format, services, base, http_request)
+    return await _answer(job, body.response_format, services, base, http_request, caller)
 
 
 class _TooLarge(Exception):
@@ -178,7 +184,7 @@ async def edit_image(
         convert.to_edit_request, edit, services.router, services.images
     )
     job = await services.jobs.submit_async(request, *prepared.parts(), submission=caller)
-    return await _answer(job, edit.body.response_format, services, base, http_request)
+    return await _answer(job, edit.body.response_format, services, base, http_request, caller)
 
 
 @router.get("/models", response_model=ModelList)
