@@ -229,3 +229,16 @@ def test_feed_loses_no_job_when_a_read_fails(store):
     with pytest.raises(sa.exc.OperationalError):
         feed.poll(flaky, now=1020.0)  # the first page was read, the second failed
     assert sorted(job.id for job in feed.poll(flaky, now=1021.0)) == ["j0", "j1", "j2"]
+
+
+def test_a_long_gap_is_caught_up_over_several_scrapes(store, monkeypatch):
+    from fluxserve.api.common import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "MAX_PAGES", 2)
+    feed = EndedJobFeed(start=1000.0, grace=5.0, page=2)
+    for n in range(9):
+        ended(store, f"j{n}", 1010.0 + 10 * n)
+    first = feed.poll(store, now=1200.0)
+    assert len(first) == 4  # two pages of two, no more in one scrape
+    rest = feed.poll(store, now=1201.0) + feed.poll(store, now=1202.0)
+    assert sorted(job.id for job in first + rest) == [f"j{n}" for n in range(9)]

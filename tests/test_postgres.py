@@ -663,3 +663,20 @@ def test_racing_batch_claimers_take_every_job_once_in_batches_of_at_most_the_lim
     finally:
         for store in stores:
             store.close()
+
+
+@pytest.mark.parametrize("skew", [-3600.0, 3600.0])
+def test_leases_follow_the_database_clock_not_a_skewed_host(store, monkeypatch, skew):
+    """A worker whose clock is an hour off neither loses its lease at once (behind) nor
+    keeps a dead one for an hour (ahead): the lease is written and judged by PostgreSQL."""
+    store.create(make_job(str(uuid.uuid4())))
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + skew)  # the worker's host
+    job = store.claim("skewed-worker", ["tiny"], lease_seconds=30)
+    assert store.heartbeat(job.id, job.attempt, lease_seconds=30)
+    monkeypatch.setattr(time, "time", real_time)  # the sweeping host, on time
+    assert store.requeue_expired(max_attempts=2) == []  # the lease still has ~30 s
+    assert store.get(job.id).status is JobStatus.RUNNING
+    with store.engine.connect() as conn:
+        db_now = conn.execute(sa.text("SELECT extract(epoch from clock_timestamp())")).scalar()
+    assert abs(store.get(job.id).lease_expires_at - (float(db_now) + 30)) < 5

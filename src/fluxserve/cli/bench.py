@@ -454,18 +454,25 @@ def make_runner(work: Workload, tier: str, args: argparse.Namespace, threads: in
 
         class RandomWeightsRunner(FluxRunner):
             def _load_one(self, model: Any, dtype: Any, reuse: dict, *more: Any) -> Any:
-                if any(value is not None for value in more):  # a quantising memory preset
+                memory = getattr(self, "memory_plan", None)
+                weights = memory.transformer_weights if memory is not None else "model-dtype"
+                if weights not in ("model-dtype", "fp8"):
                     raise ConfigurationError(
-                        "--random-weights builds the weights in the model dtype: it cannot "
-                        "take a memory preset that quantises them while loading"
+                        f"--random-weights cannot build {weights} weights (bitsandbytes "
+                        "quantises only while loading a checkpoint); measure that preset "
+                        "on a model directory"
                     )
                 # Built where the memory preset first puts it: the device, or host memory
                 # for the presets that offload modules from there.
-                memory = getattr(self, "memory_plan", None)
                 on_host = memory is not None and memory.offload != "none"
-                return build_fullsize_pipeline(
+                pipeline = build_fullsize_pipeline(
                     model.name, "cpu" if on_host else self._device, dtype
                 )
+                if weights == "fp8":  # what the preset's loading would have done
+                    from torchao.quantization import Float8WeightOnlyConfig, quantize_
+
+                    quantize_(pipeline.transformer, Float8WeightOnlyConfig())
+                return pipeline
 
         runner_class = RandomWeightsRunner
     threshold = getattr(args, "step_cache_threshold", None)

@@ -54,6 +54,10 @@ class PostgresJobStore(SqlJobStore):
         if migrate:
             self.create_schema()
 
+    def lease_clock(self) -> sa.ColumnElement[float]:
+        # The database's clock, read in the statement: one clock for every host.
+        return sa.cast(sa.extract("epoch", sa.func.clock_timestamp()), sa.Float)
+
     def _serialise_limited_creates(self, conn: sa.Connection) -> None:
         # Concurrent transactions cannot see each other's uncommitted inserts, so limited
         # creates take one lock in turn (held to commit): each counts every job before it.

@@ -296,16 +296,20 @@ class SqlJobStore:
             candidate = candidate.with_for_update(skip_locked=True)
         return candidate.scalar_subquery()
 
-    @staticmethod
-    def _claimed(worker_id: str, lease_seconds: float) -> dict[str, Any]:
+    def lease_clock(self) -> float | sa.ColumnElement[float]:
+        """The clock leases are written and judged by. One host owns a SQLite store, so its
+        clock serves; PostgreSQL's store overrides this with the database's own clock, so
+        hosts whose clocks disagree never expire each other's leases early."""
+        return time.time()
+
+    def _claimed(self, worker_id: str, lease_seconds: float) -> dict[str, Any]:
         """The values a claim writes: running, a new attempt, a fresh lease."""
-        now = time.time()
         return {
             "status": _RUNNING,
             "worker_id": worker_id,
             "attempt": jobs.c.attempt + 1,
-            "lease_expires_at": now + lease_seconds,
-            "started_at": now,
+            "lease_expires_at": self.lease_clock() + lease_seconds,
+            "started_at": time.time(),
             "progress": 0.0,
             "batch_size": 1,  # a batch's worker writes its size once it is gathered
         }
@@ -374,7 +378,8 @@ class SqlJobStore:
             return conn.execute(stmt).rowcount == 1
 
     def heartbeat(self, job_id: str, attempt: int, lease_seconds: float) -> bool:
-        return self._update_running(job_id, attempt, lease_expires_at=time.time() + lease_seconds)
+        expires = self.lease_clock() + lease_seconds
+        return self._update_running(job_id, attempt, lease_expires_at=expires)
 
     def set_progress(self, job_id: str, attempt: int, progress: float) -> bool:
         return self._update_running(job_id, attempt, progress=progress)
@@ -528,8 +533,9 @@ class SqlJobStore:
             return conn.execute(stmt).rowcount
 
     def requeue_expired(self, max_attempts: int, now: float | None = None) -> list[Job]:
-        now = time.time() if now is None else now
-        expired = (jobs.c.status == _RUNNING) & (jobs.c.lease_expires_at < now)
+        clock = self.lease_clock() if now is None else now
+        now = time.time() if now is None else now  # for finished_at: the host's, as always
+        expired = (jobs.c.status == _RUNNING) & (jobs.c.lease_expires_at < clock)
         # A read first: the sweep runs twice a second and should not take the write lock
         # (which progress updates need) when there is nothing to do, as is usual.
         with self.engine.connect() as conn:

@@ -35,6 +35,9 @@ from fluxserve.store.base import EndedJob, JobStore
 
 GRACE = 30.0  # seconds a late-written job end is still counted (see the module docstring)
 PAGE = 1000  # ended jobs read per query
+# Pages one scrape reads at most: the first scrape after a long gap must not read (and
+# hold) a whole day of jobs; the rest follow at the next scrapes.
+MAX_PAGES = 20
 
 QUEUE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 GENERATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600)
@@ -60,7 +63,7 @@ class EndedJobFeed:
         now = time.time() if now is None else now
         read: list[EndedJob] = []  # every page first: a failed read changes nothing
         after, after_seq = max(self.start, self.high - self.grace), 0
-        while True:
+        for _ in range(MAX_PAGES):  # a long gap is caught up over several scrapes
             page = store.ended_since(after, after_seq, self.page)
             read += page
             if len(page) < self.page:
