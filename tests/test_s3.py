@@ -429,3 +429,19 @@ def test_store_back_before_the_next_attempt(
     finally:
         for server in revived:
             server.stop()
+
+
+def test_without_s3_region_urls_are_presigned_for_the_buckets_own_region(s3_server, s3):
+    name = f"fluxserve-eu-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    storage = S3Storage(f"s3://{name}", endpoint_url=s3_server.url)  # no --s3-region
+    assert storage.client.meta.region_name == "eu-west-1"
+    storage.put("results/job-9/1-0.png", b"png", "image/png")
+    url = storage.url("results/job-9/1-0.png", "http://testserver", 60)
+    assert "/eu-west-1/s3/aws4_request" in dict(parse_qsl(urlsplit(url).query))["X-Amz-Credential"]
+    # A bucket in us-east-1 (no location constraint) keeps the default.
+    home = f"fluxserve-us-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=home)
+    assert S3Storage(f"s3://{home}", endpoint_url=s3_server.url).client.meta.region_name == (
+        "us-east-1"
+    )

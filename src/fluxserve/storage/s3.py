@@ -7,6 +7,7 @@ instance role); ``--s3-endpoint-url`` points it at a non-AWS store.
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit
 
 import boto3
@@ -15,6 +16,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from fluxserve.errors import ConfigurationError, StorageError
 from fluxserve.storage.base import is_valid_key
+
+logger = logging.getLogger(__name__)
 
 # Fail fast when the store is unreachable: the worker puts the job back and retries.
 # SigV4 throughout: without it botocore presigns with SigV2 (in us-east-1, or with no
@@ -45,6 +48,26 @@ class S3Storage:
         self.client = boto3.client(
             "s3", endpoint_url=endpoint_url, region_name=region, config=CLIENT_CONFIG
         )
+        if region is None:
+            # A SigV4 presigned URL names the bucket's region; signed for another one, S3
+            # refuses it. Without --s3-region, ask the bucket where it lives.
+            found = self._bucket_region()
+            if found and found != self.client.meta.region_name:
+                logger.info("bucket %s is in %s: presigning for it", self.bucket, found)
+                self.client = boto3.client(
+                    "s3", endpoint_url=endpoint_url, region_name=found, config=CLIENT_CONFIG
+                )
+
+    def _bucket_region(self) -> str | None:
+        try:
+            answer = self.client.get_bucket_location(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:  # no permission, or not there yet
+            logger.warning("could not ask bucket %s for its region (%s); give --s3-region "
+                           "if its presigned URLs are refused", self.bucket, exc)  # fmt: skip
+            return None
+        # S3 answers no constraint for us-east-1, and "EU" for the oldest eu-west-1 buckets.
+        constraint = answer.get("LocationConstraint")
+        return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(constraint, constraint)
 
     def _key(self, key: str) -> str:
         if not is_valid_key(key):
