@@ -185,6 +185,20 @@ def test_the_connection_goes_to_the_address_that_was_checked(image_server, monke
     assert seen_hosts == [("127.0.0.1", f"rebind.invalid:{port}")]
 
 
+def test_an_address_that_refuses_the_connection_falls_back_to_the_next(image_server, monkeypatch):
+    """A name with several addresses (one server down, a dead IPv6 route): each checked
+    address is tried in turn, in the resolver's order."""
+    base, png = image_server
+    port = base.rsplit(":", 1)[1]
+    # Nothing listens on 127.0.0.2: its connection is refused.
+    monkeypatch.setattr("fluxserve.imageinput._resolve", lambda host: ["127.0.0.2", "127.0.0.1"])
+    both = UrlPolicy(allowed_addresses=frozenset({"127.0.0.1", "127.0.0.2"}))
+    assert fetch_url(f"http://two.invalid:{port}/a.png", "image_url", LIMITS, both) == png
+    monkeypatch.setattr("fluxserve.imageinput._resolve", lambda host: ["127.0.0.2"])
+    with pytest.raises(InvalidRequest, match="could not be fetched"):
+        fetch_url(f"http://two.invalid:{port}/a.png", "image_url", LIMITS, both)
+
+
 def test_exif_rotation_is_applied():
     buffer = io.BytesIO()
     exif = Image.Exif()

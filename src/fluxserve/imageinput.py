@@ -92,10 +92,10 @@ class AddressRefused(Exception):
         return self.reason is None
 
 
-def allowed_address(host: str, policy: UrlPolicy) -> str:
-    """The address to connect to for ``host``: it is resolved once, and refused
-    (AddressRefused) when it does not resolve or any of its addresses is refused by
-    ``policy``. Shared by image fetches and webhook deliveries."""
+def allowed_addresses(host: str, policy: UrlPolicy) -> list[str]:
+    """The addresses to connect to for ``host``, in the resolver's order: it is resolved
+    once, and refused (AddressRefused) when it does not resolve or any of its addresses is
+    refused by ``policy``. Shared by image fetches and webhook deliveries."""
     addresses = _resolve(host)
     if not addresses:
         raise AddressRefused(host)
@@ -103,12 +103,17 @@ def allowed_address(host: str, policy: UrlPolicy) -> str:
         reason = policy.refusal(address)
         if reason is not None:
             raise AddressRefused(host, reason)
-    return addresses[0]
+    return addresses
 
 
-def check_url(url: str, field_name: str, policy: UrlPolicy) -> str:
-    """The address to fetch ``url`` from; InvalidRequest when the URL is not http(s) or
-    its host resolves to any refused address."""
+def allowed_address(host: str, policy: UrlPolicy) -> str:
+    """The first of ``allowed_addresses``."""
+    return allowed_addresses(host, policy)[0]
+
+
+def check_url(url: str, field_name: str, policy: UrlPolicy) -> list[str]:
+    """The addresses to fetch ``url`` from, in order; InvalidRequest when the URL is not
+    http(s) or its host resolves to any refused address."""
     parts = urlsplit(url)
     try:
         parts.port  # noqa: B018 (raises ValueError for a port that is not a number 0-65535)
@@ -119,7 +124,7 @@ def check_url(url: str, field_name: str, policy: UrlPolicy) -> str:
             field_name, f"{field_name} must be an http(s) URL, base64 or a data: URI"
         )
     try:
-        return allowed_address(parts.hostname, policy)
+        return allowed_addresses(parts.hostname, policy)
     except AddressRefused as refused:
         if refused.unresolved:
             raise InvalidRequest(
@@ -149,26 +154,42 @@ def fetch_url(url: str, field_name: str, limits: ImageLimits, policy: UrlPolicy)
         timeout=limits.fetch_timeout, follow_redirects=False, trust_env=False
     ) as client:
         for _ in range(MAX_REDIRECTS + 1):
-            address = check_url(url, field_name, policy)
-            pinned, headers, extensions = pin_url(url, address)
-            try:
-                with client.stream(
-                    "GET", pinned, headers=headers, extensions=extensions
-                ) as response:
-                    if response.is_redirect:
-                        url = urljoin(url, response.headers.get("location", ""))
-                        continue
-                    if response.status_code != 200:
-                        raise InvalidRequest(
-                            field_name,
-                            f"{field_name}: fetching it answered HTTP {response.status_code}",
-                        )
-                    return _read_capped(response, field_name, limits)
-            except httpx.HTTPError as exc:
-                raise InvalidRequest(
-                    field_name, f"{field_name} could not be fetched ({type(exc).__name__})"
-                ) from None
+            addresses = check_url(url, field_name, policy)
+            redirect = _fetch_from(client, url, addresses, field_name, limits)
+            if isinstance(redirect, bytes):
+                return redirect
+            url = redirect
     raise InvalidRequest(field_name, f"{field_name}: more than {MAX_REDIRECTS} redirects")
+
+
+def _fetch_from(
+    client: httpx.Client, url: str, addresses: list[str], field_name: str, limits: ImageLimits
+) -> bytes | str:
+    """The body at ``url``, or the URL it redirects to. Each checked address is tried in
+    turn while it cannot be connected to (a host with a dead IPv6 route, one server down)."""
+    for n, address in enumerate(addresses):
+        pinned, headers, extensions = pin_url(url, address)
+        try:
+            with client.stream("GET", pinned, headers=headers, extensions=extensions) as response:
+                if response.is_redirect:
+                    return urljoin(url, response.headers.get("location", ""))
+                if response.status_code != 200:
+                    raise InvalidRequest(
+                        field_name,
+                        f"{field_name}: fetching it answered HTTP {response.status_code}",
+                    )
+                return _read_capped(response, field_name, limits)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            if n + 1 < len(addresses):
+                continue  # nothing was sent: the next address is as good
+            raise InvalidRequest(
+                field_name, f"{field_name} could not be fetched ({type(exc).__name__})"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise InvalidRequest(
+                field_name, f"{field_name} could not be fetched ({type(exc).__name__})"
+            ) from None
+    raise AssertionError("check_url returns at least one address")
 
 
 def _read_capped(response: httpx.Response, field_name: str, limits: ImageLimits) -> bytes:
