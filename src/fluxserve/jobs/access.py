@@ -15,9 +15,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from fluxserve.errors import ServerBusy, TooManyRequests
+from fluxserve.errors import TooManyRequests
 from fluxserve.store.keys import ApiKey, KeyStore
-from fluxserve.store.sql import ACTIVE_RETRY_AFTER, BUSY_RETRY_AFTER, SubmitLimits
+from fluxserve.store.sql import SubmitLimits, queue_full, too_many_active
 
 SECRET_PREFIX = "fsk_"
 DEFAULT_MAX_ACTIVE = 24  # BFL's limit of active tasks per key
@@ -110,18 +110,11 @@ class Admission:
 
     def check(self, key: ApiKey | None) -> None:
         if self.keys.queued_jobs() >= self.max_queue:
-            raise ServerBusy(
-                f"The server's queue is full ({self.max_queue} jobs); retry later.",
-                BUSY_RETRY_AFTER,
-            )
+            raise queue_full(self.max_queue)
         if key is None:
             return
         if self.keys.active_jobs(key.id) >= key.max_active:
-            raise TooManyRequests(
-                f"This API key has {key.max_active} active tasks, its limit; wait until one "
-                "finishes.",
-                ACTIVE_RETRY_AFTER,
-            )
+            raise too_many_active(key.max_active)
         if key.rate_per_minute is not None:
             self._take_token(key)
 

@@ -8,10 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from fluxserve.domain import JobStatus
-from fluxserve.store.sql import api_keys, jobs
-
-ACTIVE = [JobStatus.QUEUED.value, JobStatus.RUNNING.value]
+from fluxserve.store.sql import api_keys, count_active, count_queued
 
 
 @dataclass(frozen=True)
@@ -81,20 +78,10 @@ class KeyStore:
 
     def active_jobs(self, owner: str) -> int:
         """Queued and running jobs of one key."""
-        stmt = (
-            sa.select(sa.func.count())
-            .select_from(jobs)
-            .where(jobs.c.owner == owner, jobs.c.status.in_(ACTIVE))
-        )
         with self.engine.connect() as conn:
-            return int(conn.execute(stmt).scalar_one())
+            return int(conn.execute(count_active(owner)).scalar_one())
 
     def queued_jobs(self) -> int:
         """Queued jobs of every key and model."""
-        stmt = (
-            sa.select(sa.func.count())
-            .select_from(jobs)
-            .where(jobs.c.status == JobStatus.QUEUED.value)
-        )
         with self.engine.connect() as conn:
-            return int(conn.execute(stmt).scalar_one())
+            return int(conn.execute(count_queued()).scalar_one())

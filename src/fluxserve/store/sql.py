@@ -95,6 +95,31 @@ ACTIVE_RETRY_AFTER = 5  # seconds: a job of the key has likely finished by then
 BUSY_RETRY_AFTER = 10
 
 
+def count_queued() -> sa.Select:
+    """Queued jobs of every key and model."""
+    return (
+        sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == JobStatus.QUEUED.value)
+    )
+
+
+def count_active(owner: str) -> sa.Select:
+    """Queued and running jobs of one key."""
+    active = jobs.c.status.in_([JobStatus.QUEUED.value, _RUNNING])
+    return sa.select(sa.func.count()).select_from(jobs).where(jobs.c.owner == owner, active)
+
+
+def queue_full(max_queue: int) -> ServerBusy:
+    return ServerBusy(f"The server's queue is full ({max_queue} jobs); retry later.",
+                      BUSY_RETRY_AFTER)  # fmt: skip
+
+
+def too_many_active(max_active: int) -> TooManyRequests:
+    return TooManyRequests(
+        f"This API key has {max_active} active tasks, its limit; wait until one finishes.",
+        ACTIVE_RETRY_AFTER,
+    )
+
+
 @dataclass(frozen=True)
 class SubmitLimits:
     """What a new queued job may not exceed: its key's active jobs, the server's queue."""
@@ -256,32 +281,11 @@ class SqlJobStore:
     @staticmethod
     def _enforce(conn: sa.Connection, owner: str, limits: SubmitLimits) -> None:
         """Counts that include the job just inserted; over a limit, raise."""
-        if limits.max_queue is not None:
-            queued = (
-                sa.select(sa.func.count())
-                .select_from(jobs)
-                .where(jobs.c.status == JobStatus.QUEUED.value)
-            )
-            if conn.execute(queued).scalar_one() > limits.max_queue:
-                raise ServerBusy(
-                    f"The server's queue is full ({limits.max_queue} jobs); retry later.",
-                    BUSY_RETRY_AFTER,
-                )
-        if limits.max_active is not None:
-            active = (
-                sa.select(sa.func.count())
-                .select_from(jobs)
-                .where(
-                    jobs.c.owner == owner,
-                    jobs.c.status.in_([JobStatus.QUEUED.value, _RUNNING]),
-                )
-            )
-            if conn.execute(active).scalar_one() > limits.max_active:
-                raise TooManyRequests(
-                    f"This API key has {limits.max_active} active tasks, its limit; wait "
-                    "until one finishes.",
-                    ACTIVE_RETRY_AFTER,
-                )
+        queue, active = limits.max_queue, limits.max_active
+        if queue is not None and conn.execute(count_queued()).scalar_one() > queue:
+            raise queue_full(queue)
+        if active is not None and conn.execute(count_active(owner)).scalar_one() > active:
+            raise too_many_active(active)
 
     def _claim_candidate(self, models: list[str]) -> sa.ScalarSelect:
         candidate = (
