@@ -19,9 +19,17 @@ from fluxserve.weights import ResolvedModel
 pytestmark = pytest.mark.gpu
 
 
-def runner_at(tiny_model_dir, tier: Tier, compile_mode: str = "off") -> FluxRunner:
+def runner_at(
+    tiny_model_dir, tier: Tier, compile_mode: str = "off", cuda_graphs: bool = False
+) -> FluxRunner:
     model = ResolvedModel("tiny", infer_spec("tiny", tiny_model_dir), tiny_model_dir)
-    runner = FluxRunner([model], device="cuda", tiers={"tiny": tier}, compile_mode=compile_mode)
+    runner = FluxRunner(
+        [model],
+        device="cuda",
+        tiers={"tiny": tier},
+        compile_mode=compile_mode,
+        cuda_graphs=cuda_graphs,
+    )
     runner.load()
     return runner
 
@@ -39,6 +47,14 @@ def test_compiled_lossless_matches_eager_on_cuda(tiny_model_dir):
     compiled_runner = runner_at(tiny_model_dir, Tier.LOSSLESS, compile_mode="on")
     assert compiled_runner.tier_plans["tiny"].compile
     assert np.abs(image(compiled_runner) - eager).mean() < 2  # bf16 rounding, 0-255 scale
+
+
+def test_cuda_graphs_replay_gives_the_eager_image(tiny_model_dir):
+    eager = image(runner_at(tiny_model_dir, Tier.LOSSLESS))
+    graphed = runner_at(tiny_model_dir, Tier.LOSSLESS, compile_mode="on", cuda_graphs=True)
+    assert graphed.tier_plans["tiny"].cuda_graphs
+    image(graphed)  # the first call records the graphs; the second replays them
+    assert np.abs(image(graphed) - eager).mean() < 2
 
 
 def test_fp8_tier_quantises_the_transformer_on_fp8_gpus(tiny_model_dir):

@@ -100,6 +100,18 @@ def test_compile_is_auto_on_cuda_only_and_falls_back_without_a_backend():
     assert any("compile" in note for note in plan.notes)
 
 
+def test_cuda_graphs_only_where_compiled_on_cuda_and_without_the_step_cache():
+    assert plan_tier(Tier.LOSSLESS, H200, cuda_graphs=True).cuda_graphs
+    assert "CUDA graphs" in plan_tier(Tier.FP8, H200, cuda_graphs=True).describe()
+    assert not plan_tier(Tier.LOSSLESS, H200).cuda_graphs  # off unless asked for
+    cached = plan_tier(Tier.CACHE, H200, cuda_graphs=True)
+    assert not cached.cuda_graphs
+    assert any("overwrites" in note for note in cached.notes)
+    cpu = plan_tier(Tier.LOSSLESS, CPU, compile_mode="on", cuda_graphs=True)
+    assert not cpu.cuda_graphs
+    assert any("need CUDA" in note for note in cpu.notes)
+
+
 def test_weights_a_memory_preset_quantised_are_not_quantised_again():
     assert not plan_tier(Tier.LOSSLESS, H200, weights_quantized=True).fuse_qkv
     plan = plan_tier(Tier.FP8, H200, weights_quantized=True)

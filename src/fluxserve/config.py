@@ -153,6 +153,12 @@ class Settings(BaseSettings):
         description="torch.compile the transformer (regionally) and the VAE decoder: auto "
         "compiles on CUDA only, where it pays for its warm-up.",
     )
+    cuda_graphs: bool = Field(
+        False,
+        description="Replay the compiled transformer blocks as CUDA graphs (torch.compile's "
+        "reduce-overhead mode; CUDA with --compile, not with the cache tier's step cache). "
+        "Not yet measured: off by default.",
+    )
     step_cache_threshold: float = Field(
         0.05,
         gt=0,

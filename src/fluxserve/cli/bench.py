@@ -153,6 +153,11 @@ def add_bench_parser(commands: Any) -> None:
         help="fluxserve's --compile (auto: on CUDA only).",
     )
     arg(
+        "--cuda-graphs",
+        action="store_true",
+        help="fluxserve's --cuda-graphs: replay the compiled blocks as CUDA graphs.",
+    )
+    arg(
         "--memory-fraction",
         type=float,
         default=None,
@@ -486,6 +491,7 @@ def make_runner(work: Workload, tier: str, args: argparse.Namespace, threads: in
         compile_mode=args.compile,
         compile_cache_dir=compile_cache_dir,
         memory_preset=args.memory_preset,
+        cuda_graphs=getattr(args, "cuda_graphs", False),
         **extra,
     )
     runner.load()

@@ -61,6 +61,7 @@ def run_worker(
         compile_cache_dir=settings.compile_cache_dir,
         step_cache_threshold=settings.step_cache_threshold,
         memory_preset=settings.memory_preset,
+        cuda_graphs=settings.cuda_graphs,
     )
     runner.load()
     warm_up(runner, settings.warmup)

@@ -90,6 +90,7 @@ class FluxRunner:
         compile_cache_dir: Path | None = None,
         step_cache_threshold: float = STEP_CACHE_THRESHOLD,
         memory_preset: str = "none",
+        cuda_graphs: bool = False,
     ) -> None:
         self.models = {model.name: model for model in models}
         # The tier each model is optimised for; a job may ask for less (fal's acceleration).
@@ -101,6 +102,7 @@ class FluxRunner:
         self._caps = Capabilities(device_type="cpu")
         self._optimised: set[int] = set()  # ids of modules already optimised (shared VAE)
         self._memory_preset = memory_preset
+        self._cuda_graphs = cuda_graphs
         self.memory_plan: MemoryPlan = NONE_PLAN
         self.prompt_cache = PromptCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
         self.on_demand = on_demand  # load each model when its first job arrives
@@ -188,6 +190,7 @@ class FluxRunner:
             self._compile_mode,
             weights_quantized=self.memory_plan.transformer_weights != "model-dtype",
             cache_threshold=self._step_cache_threshold,
+            cuda_graphs=self._cuda_graphs,
         )
         for note in plan.notes:  # what this machine cannot run, and what runs instead
             logger.warning("%s: %s", name, note)

@@ -77,7 +77,10 @@ def apply_plan(pipeline: Any, plan: TierPlan, done: set[int]) -> None:
     if plan.compile:
         # Regional compilation: the 19 + 38 repeated blocks share two compiled graphs,
         # so compiling takes seconds, not the minutes a whole-model compile does.
-        transformer.compile_repeated_blocks(fullgraph=True)
+        # reduce-overhead replays each block as a CUDA graph: one launch per block and
+        # step instead of one per kernel, for shapes seen before (warm-up records them).
+        mode = "reduce-overhead" if plan.cuda_graphs else None
+        transformer.compile_repeated_blocks(fullgraph=True, mode=mode)
     vae = pipeline.vae
     if id(vae) not in done:
         done.add(id(vae))

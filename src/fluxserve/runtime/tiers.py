@@ -80,6 +80,7 @@ class TierPlan:
     fuse_qkv: bool
     attention_backend: str | None  # None: diffusers' default (PyTorch SDPA)
     compile: bool
+    cuda_graphs: bool  # the compiled blocks replayed as CUDA graphs
     fp8_weights: bool
     step_cache: bool
     cache_threshold: float = STEP_CACHE_THRESHOLD
@@ -92,6 +93,8 @@ class TierPlan:
         parts.append("fused QKV" if self.fuse_qkv else "unfused QKV")
         parts.append(f"attention {self.attention_backend or 'sdpa'}")
         parts.append("compiled" if self.compile else "eager")
+        if self.cuda_graphs:
+            parts.append("CUDA graphs")
         if self.fp8_weights:
             parts.append("fp8 linear layers")
         if self.step_cache:
@@ -105,6 +108,7 @@ def plan_tier(
     compile_mode: str = "auto",
     weights_quantized: bool = False,
     cache_threshold: float = STEP_CACHE_THRESHOLD,
+    cuda_graphs: bool = False,
 ) -> TierPlan:
     """Decide what runs for ``tier`` on this machine; every part it cannot run falls back
     to the tier below, with a note saying so.
@@ -136,6 +140,14 @@ def plan_tier(
         effective = Tier.LOSSLESS
     # The step cache runs anywhere; without fp8 the cache tier runs it on bf16 weights.
     step_cache = tier is Tier.CACHE
+    graphs = cuda_graphs and compile_now and on_cuda and not step_cache
+    if cuda_graphs and not graphs:
+        why = (
+            "the step cache keeps block outputs across steps, which a graph replay overwrites"
+            if step_cache
+            else "they need CUDA and a compiled transformer"
+        )
+        notes.append(f"CUDA graphs are off: {why}")
     return TierPlan(
         tier=tier,
         effective=effective,
@@ -143,6 +155,7 @@ def plan_tier(
         fuse_qkv=not weights_quantized,
         attention_backend=caps.attention_backends[0] if caps.attention_backends else None,
         compile=compile_now,
+        cuda_graphs=graphs,
         fp8_weights=fp8,
         step_cache=step_cache,
         cache_threshold=cache_threshold,
