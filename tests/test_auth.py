@@ -96,8 +96,10 @@ def test_each_dialects_header_carries_the_key(keyed, scheme):
     assert keyed.client.get("/v1/models", headers=headers).status_code == 200
 
 
-def test_health_probes_and_files_need_no_key(keyed):
-    assert keyed.client.get("/healthz").status_code == 200
+def test_the_page_probes_and_metrics_need_no_key(keyed):
+    for path in ("/", "/healthz", "/metrics"):
+        assert keyed.client.get(path).status_code == 200, path
+    assert keyed.client.get("/playground/models").status_code == 401  # the data does
 
 
 # --- isolation ----------------------------------------------------------------------------
@@ -149,6 +151,16 @@ def test_the_active_task_limit_is_a_429_with_retry_after(keyed):
     openai = keyed.client.post("/v1/images/generations", json={"prompt": "p"}, headers=headers)
     assert openai.status_code == 429
     assert openai.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_a_key_at_its_limit_is_refused_before_its_images_are_fetched(keyed):
+    for _ in range(2):
+        assert bfl_submit(keyed.client, keyed.tight).status_code == 200
+    # A URL that would be refused (private address) if it were looked at: the 429 comes
+    # first, so a client past its limit costs no fetch and no decode.
+    body = {"prompt": "p", "input_image": "http://10.0.0.1/photo.png"}
+    refused = keyed.client.post("/v1/flux-kontext-pro", json=body, headers={"x-key": keyed.tight})
+    assert refused.status_code == 429, refused.text
 
 
 def test_the_request_rate_limit_is_a_429_with_retry_after(keyed):

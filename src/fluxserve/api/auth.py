@@ -16,7 +16,7 @@ from fastapi import Depends, Header, Request
 from fluxserve.bootstrap import Services
 from fluxserve.errors import InvalidRequest, Unauthenticated
 from fluxserve.jobs.service import Submission
-from fluxserve.store.keys import ApiKey
+from fluxserve.store.keys import ApiKey, owner_of
 
 MAX_IDEMPOTENCY_KEY = 200
 NO_KEY = (
@@ -50,11 +50,6 @@ async def authenticate(request: Request) -> ApiKey | None:
 
 
 CallerDep = Annotated[ApiKey | None, Depends(authenticate)]
-
-
-def owner_of(key: ApiKey | None) -> str:
-    """The owner a key's jobs carry ("" with keys off)."""
-    return key.id if key is not None else ""
 
 
 async def idempotency_key(

@@ -23,7 +23,7 @@ from fluxserve.jobs.access import Admission
 from fluxserve.safety.policy import SafetyPolicy
 from fluxserve.storage.base import BlobStorage, input_key, job_prefixes
 from fluxserve.store.base import JobStore
-from fluxserve.store.keys import ApiKey
+from fluxserve.store.keys import ApiKey, owner_of
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,7 +43,7 @@ class Submission:
 
     @property
     def owner(self) -> str:
-        return self.key.id if self.key is not None else ""
+        return owner_of(self.key)
 
 
 ANONYMOUS = Submission()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -23,16 +23,12 @@ class ApiKey:
 
 
 def _row_to_key(row: sa.Row) -> ApiKey:
-    m = row._mapping
-    return ApiKey(
-        id=m["id"],
-        name=m["name"],
-        prefix=m["prefix"],
-        max_active=m["max_active"],
-        rate_per_minute=m["rate_per_minute"],
-        created_at=m["created_at"],
-        revoked_at=m["revoked_at"],
-    )
+    return ApiKey(**{f.name: row._mapping[f.name] for f in fields(ApiKey)})
+
+
+def owner_of(key: ApiKey | None) -> str:
+    """The owner a key's jobs carry: its id, or "" with keys off."""
+    return key.id if key is not None else ""
 
 
 class KeyStore:
