@@ -23,9 +23,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from fluxserve.addresses import UrlPolicy
 from fluxserve.api.app import create_app
 from fluxserve.domain import Task
-from fluxserve.imageinput import ImageReader, UrlPolicy
+from fluxserve.images.inputs import ImageReader
 from tests.helpers import b64, data_uri, image_bytes, job_count, poll_result, wait_ready
 
 KONTEXT = "/v1/flux-kontext-pro"

@@ -11,15 +11,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from fluxserve.addresses import UrlPolicy, check_url
 from fluxserve.errors import InvalidRequest
-from fluxserve.imageinput import (
-    ImageLimits,
-    UrlPolicy,
-    check_url,
-    decode_image,
-    fetch_url,
-    read_reference,
-)
+from fluxserve.images.inputs import ImageLimits, decode_image, fetch_url, read_reference
 
 LIMITS = ImageLimits()
 LOCAL = UrlPolicy(allowed_addresses=frozenset({"127.0.0.1"}))
@@ -170,7 +164,7 @@ def test_the_connection_goes_to_the_address_that_was_checked(image_server, monke
         # differently the next time, which must not matter.
         return ["127.0.0.1"] if len(lookups) == 1 else ["10.0.0.1"]
 
-    monkeypatch.setattr("fluxserve.imageinput._resolve", resolve_once)
+    monkeypatch.setattr("fluxserve.addresses._resolve", resolve_once)
     seen_hosts = []
     real_send = httpx.Client.send
 
@@ -191,10 +185,10 @@ def test_an_address_that_refuses_the_connection_falls_back_to_the_next(image_ser
     base, png = image_server
     port = base.rsplit(":", 1)[1]
     # Nothing listens on 127.0.0.2: its connection is refused.
-    monkeypatch.setattr("fluxserve.imageinput._resolve", lambda host: ["127.0.0.2", "127.0.0.1"])
+    monkeypatch.setattr("fluxserve.addresses._resolve", lambda host: ["127.0.0.2", "127.0.0.1"])
     both = UrlPolicy(allowed_addresses=frozenset({"127.0.0.1", "127.0.0.2"}))
     assert fetch_url(f"http://two.invalid:{port}/a.png", "image_url", LIMITS, both) == png
-    monkeypatch.setattr("fluxserve.imageinput._resolve", lambda host: ["127.0.0.2"])
+    monkeypatch.setattr("fluxserve.addresses._resolve", lambda host: ["127.0.0.2"])
     with pytest.raises(InvalidRequest, match="could not be fetched"):
         fetch_url(f"http://two.invalid:{port}/a.png", "image_url", LIMITS, both)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from fluxserve import imageops
 from fluxserve.errors import InvalidRequest
+from fluxserve.images import ops as imageops
+from fluxserve.images.sizing import fit_size, parse_aspect_ratio, size_for_aspect
 from fluxserve.jobs import imageprep
-from fluxserve.sizing import fit_size, parse_aspect_ratio, size_for_aspect
 from fluxserve.specs import MODEL_SPECS
 
 KONTEXT = MODEL_SPECS["flux-kontext-dev"]

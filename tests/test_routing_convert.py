@@ -272,7 +272,7 @@ def test_output_format_none_means_jpeg():
 
 
 def test_image_prompt_that_is_not_an_image_is_refused_naming_it():
-    from fluxserve.imageinput import ImageReader
+    from fluxserve.images.inputs import ImageReader
 
     inputs = FluxDevInputs(image_prompt="aGVsbG8=")  # base64 of "hello"
     request = convert.to_generation_request("flux-dev", inputs, DEV)

@@ -29,9 +29,9 @@ from PIL import Image
 from werkzeug.serving import make_server
 
 from fluxserve.api.app import create_app
-from fluxserve.backends import open_storage
 from fluxserve.config import Settings
 from fluxserve.errors import ConfigurationError, StorageError
+from fluxserve.storage.opening import open_storage
 from fluxserve.storage.s3 import S3Storage
 from fluxserve.store.sqlite import SqliteJobStore
 from tests.helpers import SMALL, b64, free_port, image_bytes, poll_result, wait_ready

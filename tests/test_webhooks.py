@@ -20,10 +20,10 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
+from fluxserve.addresses import UrlPolicy
 from fluxserve.api.app import create_app
 from fluxserve.config import Settings
 from fluxserve.domain import GenerationRequest, Job, JobStatus, Webhook
-from fluxserve.imageinput import UrlPolicy
 from fluxserve.jobs import webhooks
 from fluxserve.jobs.webhooks import WebhookDispatcher, retry_delay, url_problem
 from tests.helpers import SMALL, fetch_image, free_port, job_count, poll_result, wait_ready
@@ -494,7 +494,7 @@ def test_the_post_goes_to_the_checked_address_with_the_original_host(receiver, m
         lookups.append(host)
         return ["127.0.0.1"] if len(lookups) == 1 else ["10.0.0.1"]
 
-    monkeypatch.setattr("fluxserve.imageinput._resolve", resolve)
+    monkeypatch.setattr("fluxserve.addresses._resolve", resolve)
     port = receiver.url.rsplit(":", 1)[1]
     outcome = webhooks.post(
         f"http://hooks.invalid:{port}/pinned", b'{"id": "x"}', {"Content-Type": "application/json"},
@@ -568,7 +568,7 @@ def test_a_secret_that_cannot_be_a_header_is_422(idle_client, secret, message):
 
 
 def test_an_internationalised_host_is_sent_as_punycode(receiver, monkeypatch):
-    monkeypatch.setattr("fluxserve.imageinput._resolve", lambda host: ["127.0.0.1"])
+    monkeypatch.setattr("fluxserve.addresses._resolve", lambda host: ["127.0.0.1"])
     port = receiver.url.rsplit(":", 1)[1]
     outcome = webhooks.post(
         f"http://bücher.example:{port}/hook", b'{"id": "x"}', {},

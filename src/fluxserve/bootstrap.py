@@ -14,11 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from fluxserve.backends import open_storage, open_store
 from fluxserve.config import Settings
 from fluxserve.domain import Job
 from fluxserve.errors import ConfigurationError, DataDirLocked
-from fluxserve.imageinput import ImageReader
+from fluxserve.images.inputs import ImageReader
 from fluxserve.jobs.access import Admission, KeyRing
 from fluxserve.jobs.routing import ModelRouter
 from fluxserve.jobs.service import JobService
@@ -28,7 +27,9 @@ from fluxserve.safety.policy import SafetyPolicy
 from fluxserve.safety.setup import SafetySetup, resolve_safety
 from fluxserve.safety.terms import load_terms
 from fluxserve.storage.base import BlobStorage
+from fluxserve.storage.opening import open_storage
 from fluxserve.store.keys import KeyStore
+from fluxserve.store.opening import open_store
 from fluxserve.store.sql import SqlJobStore
 from fluxserve.weights import ResolvedModel, resolve_model
 

@@ -366,13 +366,13 @@ class Settings(BaseSettings):
 
     @property
     def image_limits(self):  # -> imageinput.ImageLimits (imported late: config is a leaf)
-        from fluxserve.imageinput import ImageLimits
+        from fluxserve.images.inputs import ImageLimits
 
         return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.min_image_side)
 
     @property
     def url_policy(self):  # -> imageinput.UrlPolicy
-        from fluxserve.imageinput import UrlPolicy
+        from fluxserve.addresses import UrlPolicy
 
         return UrlPolicy(allow_private=self.allow_private_urls)
 

@@ -353,7 +353,7 @@ class Workload:
 
 def resolve_workload(args: argparse.Namespace, models_dir: Path) -> Workload:
     from fluxserve.errors import ConfigurationError
-    from fluxserve.sizing import size_for_aspect
+    from fluxserve.images.sizing import size_for_aspect
     from fluxserve.specs import MODEL_SPECS, ModelKind
     from fluxserve.weights import ResolvedModel, resolve_model
 

@@ -39,9 +39,9 @@ def add_keys_parser(commands: argparse._SubParsersAction, settings_flags) -> Non
 
 
 def keys_command(settings: Settings, args: argparse.Namespace) -> int:
-    from fluxserve.backends import open_store
     from fluxserve.jobs.access import KeyRing
     from fluxserve.store.keys import KeyStore
+    from fluxserve.store.opening import open_store
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(settings)

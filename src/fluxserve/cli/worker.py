@@ -19,11 +19,12 @@ logger = logging.getLogger("fluxserve")
 
 
 def worker(settings: Settings) -> int:
-    from fluxserve.backends import open_storage, open_store
     from fluxserve.bootstrap import resolve_models
     from fluxserve.engine.pool import WorkerPool
     from fluxserve.jobs.service import JobService
     from fluxserve.safety.setup import resolve_safety
+    from fluxserve.storage.opening import open_storage
+    from fluxserve.store.opening import open_store
 
     configure_logging(settings.log_level, settings.log_format)
     if not settings.database:

@@ -40,9 +40,10 @@ def run_worker(
     ready: Flag,
 ) -> None:
     """Load ``models`` and process their jobs until ``stop`` is set."""
-    from fluxserve.backends import open_storage, open_store
     from fluxserve.runtime.device import pick_device
     from fluxserve.runtime.diffusers_runner import FluxRunner  # torch stays out of the API
+    from fluxserve.storage.opening import open_storage
+    from fluxserve.store.opening import open_store
 
     store = open_store(settings, migrate=False)  # the server migrated it before starting us
     storage = open_storage(settings)

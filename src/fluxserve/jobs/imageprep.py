@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from fluxserve import imageops
 from fluxserve.errors import InvalidRequest
-from fluxserve.sizing import fit_size, parse_aspect_ratio, size_for_aspect
+from fluxserve.images import ops as imageops
+from fluxserve.images.sizing import fit_size, parse_aspect_ratio, size_for_aspect
 from fluxserve.specs import ModelSpec
 
 RESAMPLE = Image.Resampling.LANCZOS

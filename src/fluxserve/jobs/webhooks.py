@@ -41,8 +41,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from fluxserve import __version__
+from fluxserve.addresses import AddressRefused, UrlPolicy, allowed_address, pin_url
 from fluxserve.domain import Job
-from fluxserve.imageinput import AddressRefused, UrlPolicy, allowed_address, pin_url
 
 logger = logging.getLogger(__name__)
 

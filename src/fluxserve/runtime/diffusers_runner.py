@@ -25,7 +25,8 @@ from PIL import Image
 
 from fluxserve.domain import GenerationRequest, Task
 from fluxserve.errors import GenerationCancelled, ModelLoadError
-from fluxserve.imageops import reference_sheet
+from fluxserve.images.ops import reference_sheet
+from fluxserve.images.sizing import size_for_aspect
 from fluxserve.runtime.base import GenerationInputs, OnStep, ShouldStop
 from fluxserve.runtime.device import configure_threads, pick_device, pick_dtype
 from fluxserve.runtime.memory import (
@@ -46,7 +47,6 @@ from fluxserve.runtime.tiers import (
     job_tier,
     plan_tier,
 )
-from fluxserve.sizing import size_for_aspect
 from fluxserve.specs import ModelKind
 from fluxserve.weights import ResolvedModel, component_fingerprint
 

@@ -13,8 +13,8 @@ from sqlalchemy.engine import Engine
 
 from fluxserve.domain import GenerationRequest, Job, JobReport, JobStatus, Webhook
 from fluxserve.errors import ServerBusy, TooManyRequests
-from fluxserve.states import sources_of
 from fluxserve.store.base import EndedJob, WorkerRecord
+from fluxserve.store.states import sources_of
 
 metadata = sa.MetaData()
 

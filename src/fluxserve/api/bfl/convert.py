@@ -24,7 +24,7 @@ from fluxserve.domain import (
     Webhook,
     random_seed,
 )
-from fluxserve.imageinput import ImageReader
+from fluxserve.images.inputs import ImageReader
 from fluxserve.jobs import imageprep
 from fluxserve.jobs.imageprep import Prepared
 from fluxserve.jobs.service import Submission

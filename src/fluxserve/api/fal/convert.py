@@ -31,7 +31,7 @@ from fluxserve.domain import (
     random_seed,
 )
 from fluxserve.errors import InvalidRequest
-from fluxserve.imageinput import ImageReader
+from fluxserve.images.inputs import ImageReader
 from fluxserve.jobs import imageprep
 from fluxserve.jobs.imageprep import Prepared
 from fluxserve.jobs.service import Submission

@@ -11,7 +11,6 @@ from fastapi.exceptions import RequestValidationError
 from PIL import Image, ImageOps
 from pydantic import ValidationError
 
-from fluxserve import imageops
 from fluxserve.api.openai.protocol import (
     MAX_EDIT_IMAGES,
     ImageData,
@@ -24,7 +23,8 @@ from fluxserve.api.openai.protocol import (
 )
 from fluxserve.domain import GenerationRequest, Job, OutputFormat, Task, random_seed
 from fluxserve.errors import InvalidRequest, ModelNotAvailable
-from fluxserve.imageinput import ImageReader
+from fluxserve.images import ops as imageops
+from fluxserve.images.inputs import ImageReader
 from fluxserve.jobs import imageprep
 from fluxserve.jobs.imageprep import Prepared
 from fluxserve.jobs.routing import ENDPOINT_KINDS, KIND_EXAMPLES, ModelRouter
