@@ -145,7 +145,7 @@ def test_lost_lease_drops_result(parts, runner):
             return runner.generate(req, inputs, evict_then_wait, should_stop)
 
     worker.runner = Evicting()
-    worker.process(job)
+    worker.process([job])
     worker.lease.close()
     after = store.get("job-0")
     assert after.status is JobStatus.QUEUED

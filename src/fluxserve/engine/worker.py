@@ -1,7 +1,10 @@
-"""The worker loop: claim -> check -> generate -> check -> encode -> store -> complete.
+"""The worker loop: claim -> batch -> check -> generate -> check -> encode -> store -> end.
 
-One job at a time. The checks (engine/moderation.py) may end a job request_moderated
-before anything is generated, or replace blocked outputs by black images.
+One path for every job: a single job is a batch of one. A claimed job gathers the queued
+jobs that share its batch key (engine/batcher.py); each is checked on its own, the admitted
+ones are generated in one denoising loop, and each is stored and ended on its own. The
+checks (engine/moderation.py) may end a job request_moderated before anything is
+generated, or replace blocked outputs by black images.
 
 A failing job is marked Error and the loop goes on; nothing a job does ends the loop.
 """
@@ -15,7 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from PIL import Image
 from sqlalchemy.exc import DBAPIError as DatabaseError
@@ -26,7 +29,7 @@ from fluxserve.engine.lease import LeaseKeeper
 from fluxserve.engine.moderation import Moderation
 from fluxserve.errors import GenerationCancelled, StorageError
 from fluxserve.logs import job_context
-from fluxserve.runtime.base import GenerationInputs, Runner
+from fluxserve.runtime.base import GenerationInputs, OnStep, Runner, ShouldStop
 from fluxserve.runtime.postprocess import encode_image, generation_metadata
 from fluxserve.safety.checks import SafetyChecks
 from fluxserve.storage.base import BlobStorage, result_key
@@ -75,6 +78,31 @@ class Outcome:
     def status(self) -> JobStatus:
         every_image_blocked = bool(self.keys) and len(self.report.blocked_outputs) == len(self.keys)
         return JobStatus.CONTENT_MODERATED if every_image_blocked else JobStatus.SUCCEEDED
+
+
+@dataclass
+class Work:
+    """A claimed job after its checks: the request to generate (perhaps with a rewritten
+    prompt), its input images, its report so far, and the refusal if it was refused."""
+
+    job: Job
+    request: GenerationRequest
+    inputs: GenerationInputs
+    report: JobReport
+    refusal: str | None = None
+
+
+def run_batch(
+    runner: Runner, batch: list[Work], on_step: OnStep, should_stop: ShouldStop
+) -> list[list[Image.Image]]:
+    """Each job's images from the runner: a batch of one (which may bring input images
+    and ask for several images) through ``generate``, a larger batch of single-image
+    text-to-image jobs (engine/batcher.py) through ``generate_batch``."""
+    if len(batch) == 1:
+        work = batch[0]
+        return [runner.generate(work.request, work.inputs, on_step, should_stop)]
+    requests = [work.request for work in batch]
+    return [[image] for image in runner.generate_batch(requests, on_step, should_stop)]
 
 
 class Worker:
@@ -154,21 +182,14 @@ class Worker:
             logger.debug("worker heartbeat not written (%s)", type(exc).__name__)
 
     def run_once(self) -> bool:
-        """Claim and process one job; False when the queue had nothing for this worker."""
+        """Claim a job, and the queued jobs that can share its batch, and process them;
+        False when the queue had nothing for this worker."""
         job = self.store.claim(
             self.options.worker_id, self.runner.model_names, self.options.lease_seconds
         )
         if job is None:
             return False
-        batch = self._gather_batch(job)
-        if len(batch) > 1:
-            with contextlib.suppress(DatabaseError):  # advisory, for /metrics
-                self.store.set_batch_size(
-                    self.options.worker_id, [job.id for job in batch], len(batch)
-                )
-            self.process_batch(batch)
-        else:
-            self.process(job)
+        self.process(self._gather_batch(job))
         return True
 
     def _gather_batch(self, first: Job) -> list[Job]:
@@ -190,87 +211,80 @@ class Worker:
                 return batch
             time.sleep(wait)
 
-    def process(self, job: Job) -> None:
-        self._current_job = job.id
-        try:
-            with job_context(job.id):  # every line logged meanwhile names the job
-                self._process(job)
-        finally:
-            self._current_job = None
-
-    def _process(self, job: Job) -> None:
-        started = time.perf_counter()
-        self.lease.hold(job)
-        try:
-            outcome = self._generate_and_store(job)
-        except GenerationCancelled:
-            if self.lease.lost:
-                logger.info("job %s stopped: its lease was lost", job.id)
-            elif self.store.cancel_running(job.id, job.attempt):
-                logger.info("job %s cancelled while running", job.id)
-            return
-        except StorageError as exc:
-            self._storage_failed(job, exc)
-            return
-        except Exception:
-            logger.exception("job %s failed", job.id)
-            self.store.fail(
-                job.id,
-                job.attempt,
-                "generation_failed",
-                f"Generation failed on the server; the operator's log has the cause "
-                f"under job id {job.id}.",
-            )
-            return
-        finally:
-            self.lease.release()
-        self._record(job, outcome, started)
-
-    def process_batch(self, jobs: list[Job]) -> None:
-        """Several jobs sharing a batch key in one denoising loop; each ends on its own."""
+    def process(self, jobs: list[Job]) -> None:
+        """Run claimed jobs that share a batch key (a single job is a batch of one):
+        check each, generate them in one loop, store and end each on its own."""
         self._current_job = jobs[0].id
         try:
-            self._process_batch(jobs)
+            with job_context(jobs[0].id) if len(jobs) == 1 else contextlib.nullcontext():
+                self._process(jobs)
         finally:
             self._current_job = None
 
-    def _process_batch(self, jobs: list[Job]) -> None:
+    def _process(self, jobs: list[Job]) -> None:
         started = time.perf_counter()
         self.lease.hold(*jobs)
-        refused, admitted = self._admit_all(jobs)
-        for job in jobs:  # refusals end now, whatever happens to the rest of the batch
-            if job.id in refused:
-                self._record(job, refused[job.id], started)
-        jobs = [job for job, _ in admitted]
-        if not jobs:
-            self.lease.release()
-            return
+        if len(jobs) > 1:
+            with contextlib.suppress(DatabaseError):  # advisory, for /metrics
+                self.store.set_batch_size(
+                    self.options.worker_id, [job.id for job in jobs], len(jobs)
+                )
+        live = list(jobs)  # not ended yet: what a failure below ends
         try:
-            outcomes = self._generate_batch(admitted)
-        except GenerationCancelled:  # every job of the batch was cancelled or lost
-            for job in jobs:
-                if job.id not in self.lease.lost_ids:
-                    self._finish(self.store.cancel_running, job.id, job.attempt)
-            return
-        except StorageError as exc:
-            for job in jobs:
-                self._storage_failed(job, exc)
-            return
-        except Exception:
-            logger.exception("batch of jobs %s failed", ", ".join(job.id for job in jobs),
-                             extra={"job_ids": [job.id for job in jobs]})  # fmt: skip
-            for job in jobs:
-                self._finish(self.store.fail, job.id, job.attempt, "generation_failed",
-                             "Generation failed on the server; the operator's log has the "
-                             f"cause under job id {job.id}.")  # fmt: skip
+            admitted = self._admit_all(live, started)  # refused jobs end now
+            if not admitted:
+                return
+            outcomes = self._generate(admitted)
+        except Exception as exc:
+            self._end_all(live, exc)
             return
         finally:
             self.lease.release()
-        logger.info(
-            "batch of %d jobs", len(jobs), extra={"job_ids": [job.id for job in jobs]}
-        )  # the admitted ones
-        for job, outcome in zip(jobs, outcomes, strict=True):
+        if len(live) > 1:
+            logger.info("batch of %d jobs", len(live), extra={"job_ids": [j.id for j in live]})
+        for job, outcome in zip(live, outcomes, strict=True):
             self._record(job, outcome, started)
+
+    def _admit_all(self, live: list[Job], started: float) -> list[Work]:
+        """Each job checked; a refused one ends now, whatever happens to the rest of the
+        batch, and leaves ``live``."""
+        admitted = []
+        for job in list(live):
+            with job_context(job.id):
+                work = self._admit(job)
+            if work.refusal is not None:
+                self._record(job, Outcome(report=work.report, refusal=work.refusal), started)
+                live.remove(job)
+            else:
+                admitted.append(work)
+        return admitted
+
+    def _end_all(self, live: list[Job], exc: Exception) -> None:
+        """End the jobs still running after generation stopped early: cancelled (or
+        lost), back in the queue when storage failed, else failed."""
+        if isinstance(exc, GenerationCancelled):  # every job still running asked for it
+            for job in live:
+                if job.id in self.lease.lost_ids:
+                    logger.info("job %s stopped: its lease was lost", job.id)
+                elif self._finish(self.store.cancel_running, job.id, job.attempt):
+                    logger.info("job %s cancelled while running", job.id)
+            return
+        if isinstance(exc, StorageError):
+            for job in live:
+                self._storage_failed(job, exc)
+            return
+        ids = [job.id for job in live]
+        logger.error("job(s) %s failed", ", ".join(ids), exc_info=exc, extra={"job_ids": ids})
+        for job in live:
+            self._finish(self.store.fail, job.id, job.attempt, "generation_failed",
+                         "Generation failed on the server; the operator's log has the "
+                         f"cause under job id {job.id}.")  # fmt: skip
+
+    def _admit(self, job: Job) -> Work:
+        """A job's inputs read back from storage and checked (engine/moderation.py)."""
+        inputs = self._read_inputs(job)
+        admitted = self.moderation.before(job, inputs)
+        return Work(job, admitted.request, inputs, admitted.report, admitted.refusal)
 
     def _record(self, job: Job, outcome: Outcome, started: float) -> None:
         """Write how a job ended: refused, cancelled, or done with its images."""
@@ -333,7 +347,10 @@ class Worker:
             f"{job.id}.",
         )  # fmt: skip
 
-    def _generate_and_store(self, job: Job) -> Outcome:
+    def _generate(self, batch: list[Work]) -> list[Outcome]:
+        """Generate the admitted jobs in one denoising loop, then check and store each
+        one's images. One progress callback and one cancel check serve the whole batch."""
+        jobs = [work.job for work in batch]
         # Counting from the start: a job shorter than the interval writes no progress.
         last_write = time.monotonic()
 
@@ -343,75 +360,37 @@ class Worker:
             # The last step is not written: completing the job sets progress 1.0.
             if done < total and now - last_write >= PROGRESS_WRITE_INTERVAL:
                 last_write = now
-                try:
-                    self.store.set_progress(job.id, job.attempt, done / total)
-                except DatabaseError:  # progress is advisory: generation goes on
-                    logger.debug("progress of job %s not written", job.id)
+                for job in jobs:  # progress is advisory: generation goes on without it
+                    with contextlib.suppress(DatabaseError):
+                        self.store.set_progress(job.id, job.attempt, done / total)
 
-        last_check, cancelled = 0.0, False
+        cancelled: set[str] = set()
+        last_check = 0.0
 
-        def should_stop() -> bool:
-            nonlocal last_check, cancelled
+        def should_stop() -> bool:  # only when no job of the batch still wants its image
+            nonlocal last_check
             now = time.monotonic()
-            if not cancelled and now - last_check >= CANCEL_CHECK_INTERVAL:
+            if now - last_check >= CANCEL_CHECK_INTERVAL:
                 last_check = now
-                with contextlib.suppress(DatabaseError):  # asked again at the next step
-                    cancelled = self.store.is_cancel_requested(job.id)
-            return cancelled or self.lease.lost
+                for job in jobs:
+                    with contextlib.suppress(DatabaseError):  # asked again at the next step
+                        if job.id not in cancelled and self.store.is_cancel_requested(job.id):
+                            cancelled.add(job.id)
+            return {job.id for job in jobs} <= cancelled | self.lease.lost_ids
 
-        inputs = self._read_inputs(job)
-        admitted = self.moderation.before(job, inputs)
-        if admitted.refusal is not None:
-            return Outcome(report=admitted.report, refusal=admitted.refusal)
-        request, report = admitted.request, admitted.report
         started = time.perf_counter()
-        images = self.runner.generate(request, inputs, on_step, should_stop)
+        images = run_batch(self.runner, batch, on_step, should_stop)
         self.last_model_seconds = time.perf_counter() - started
-        images = self.moderation.after(request, images, report)
-        return Outcome(self._store_images(job, request, images, report), report)
-
-    def _generate_batch(self, admitted: list[tuple[Job, Any]]) -> list[Outcome]:
-        """Run the admitted jobs as one batch and store each one's image."""
-        outcomes: dict[str, Outcome] = {}
-        if admitted:
-            running = [job for job, _ in admitted]
-            last_write = time.monotonic()
-
-            def on_step(done: int, total: int) -> None:
-                nonlocal last_write
-                now = time.monotonic()
-                if done < total and now - last_write >= PROGRESS_WRITE_INTERVAL:
-                    last_write = now
-                    for job in running:
-                        with contextlib.suppress(DatabaseError):
-                            self.store.set_progress(job.id, job.attempt, done / total)
-
-            cancelled: set[str] = set()
-            last_check = 0.0
-
-            def should_stop() -> bool:  # only when no job of the batch still wants it
-                nonlocal last_check
-                now = time.monotonic()
-                if now - last_check >= CANCEL_CHECK_INTERVAL:
-                    last_check = now
-                    for job in running:
-                        with contextlib.suppress(DatabaseError):
-                            if self.store.is_cancel_requested(job.id):
-                                cancelled.add(job.id)
-                return {j.id for j in running} <= cancelled | self.lease.lost_ids
-
-            started = time.perf_counter()
-            requests = [verdict.request for _, verdict in admitted]
-            images = self.runner.generate_batch(requests, on_step, should_stop)
-            self.last_model_seconds = time.perf_counter() - started
-            for (job, verdict), image in zip(admitted, images, strict=True):
-                if job.id in cancelled or self._cancel_asked(job.id):
-                    outcomes[job.id] = Outcome(cancelled=True)
-                    continue
-                kept = self.moderation.after(verdict.request, [image], verdict.report)
-                keys = self._store_images(job, verdict.request, kept, verdict.report)
-                outcomes[job.id] = Outcome(keys, verdict.report)
-        return [outcomes[job.id] for job, _ in admitted]
+        outcomes = []
+        for work, made in zip(batch, images, strict=True):
+            job = work.job
+            if len(batch) > 1 and (job.id in cancelled or self._cancel_asked(job.id)):
+                outcomes.append(Outcome(cancelled=True))  # its batch ran on for the others
+                continue
+            kept = self.moderation.after(work.request, made, work.report)
+            keys = self._store_images(job, work.request, kept, work.report)
+            outcomes.append(Outcome(keys, work.report))
+        return outcomes
 
     def _cancel_asked(self, job_id: str) -> bool:
         """Whether the job's cancel was asked for; no, while the database is unreachable
@@ -420,19 +399,6 @@ class Worker:
             return self.store.is_cancel_requested(job_id)
         except DatabaseError:
             return False
-
-    def _admit_all(self, jobs: list[Job]) -> tuple[dict[str, Outcome], list[tuple[Job, Any]]]:
-        """The refused jobs' outcomes, and the admitted jobs with their verdicts."""
-        outcomes: dict[str, Outcome] = {}
-        admitted = []
-        for job in jobs:
-            with job_context(job.id):
-                verdict = self.moderation.before(job, GenerationInputs())
-            if verdict.refusal is not None:
-                outcomes[job.id] = Outcome(report=verdict.report, refusal=verdict.refusal)
-            else:
-                admitted.append((job, verdict))
-        return outcomes, admitted
 
     def _store_images(
         self, job: Job, request: GenerationRequest, images: list[Image.Image], report: JobReport
