@@ -21,7 +21,7 @@ from fluxserve.images.inputs import ImageReader
 from fluxserve.jobs.access import Admission, KeyRing
 from fluxserve.jobs.routing import ModelRouter
 from fluxserve.jobs.service import JobService
-from fluxserve.jobs.webhooks import WebhookDispatcher
+from fluxserve.jobs.webhooks import WebhookBody, WebhookDispatcher
 from fluxserve.runtime.tiers import parse_tiers
 from fluxserve.safety.policy import SafetyPolicy
 from fluxserve.safety.setup import SafetySetup, resolve_safety
@@ -63,6 +63,8 @@ class Services:
     safety: SafetySetup = field(default_factory=SafetySetup)
     workers: Any = None  # engine.pool.WorkerPool, imported lazily
     webhooks: WebhookDispatcher | None = None
+    # dialect -> its webhook body builder (register_webhook_body)
+    webhook_bodies: dict[str, WebhookBody] = field(default_factory=dict)
     jobs: JobService = field(init=False)
     keys: KeyRing = field(init=False)
     images: ImageReader = field(init=False)
@@ -126,21 +128,20 @@ class Services:
         )
         self.webhooks.start()
 
+    def register_webhook_body(self, dialect: str, build: WebhookBody) -> None:
+        """Let a dialect build the webhook bodies of the jobs submitted through it (the
+        dialects own their wire formats; api/app.py registers them)."""
+        self.webhook_bodies[dialect] = build
+
     def webhook_payload(self, job: Job) -> dict[str, Any]:
         """The JSON announcing ``job``'s end in its submit's dialect, with fresh signed
-        image URLs on the base URL the submit used (the dialects are imported late: the
-        API package imports this module)."""
+        image URLs on the base URL the submit used."""
         assert job.webhook is not None
         base = job.webhook.base_url or self.settings.public_url or ""
-        if job.webhook.dialect == "fal":
-            from fluxserve.api.fal import convert as fal_convert
-
-            inline = job.request.inline_images  # sync_mode: data: URIs, as its result has
-            images = self.jobs.data_uris(job) if inline else self.jobs.result_urls(job, base)
-            return fal_convert.webhook_payload(job, images)
-        from fluxserve.api.bfl import convert as bfl_convert
-
-        return bfl_convert.webhook_payload(job, self.jobs.result_urls(job, base))
+        build = self.webhook_bodies.get(job.webhook.dialect)
+        if build is None:
+            raise LookupError(f"no webhook body is registered for {job.webhook.dialect!r}")
+        return build(job, self.jobs, base)
 
     def check_auth(self) -> None:
         """A server that requires keys and has none would refuse everyone: refuse to start."""

@@ -8,11 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from fluxserve import __version__
+from fluxserve.api.bfl import convert as bfl_convert
+from fluxserve.api.bfl.router import by_name_router
 from fluxserve.api.bfl.router import router as bfl_router
 from fluxserve.api.common.files import router as files_router
 from fluxserve.api.common.health import router as health_router
 from fluxserve.api.common.metrics import install_metrics
 from fluxserve.api.errors import install_error_handlers
+from fluxserve.api.fal import convert as fal_convert
 from fluxserve.api.fal.router import router as fal_router
 from fluxserve.api.openai.router import router as openai_router
 from fluxserve.api.playground.router import router as playground_router
@@ -38,7 +41,11 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         "OpenAI Images APIs.",
         lifespan=lifespan,
     )
-    app.state.services = services if services is not None else build_services(settings)
+    services = services if services is not None else build_services(settings)
+    # Each dialect builds the webhook bodies of the jobs submitted through it.
+    services.register_webhook_body("bfl", bfl_convert.webhook_body)
+    services.register_webhook_body("fal", fal_convert.webhook_body)
+    app.state.services = services
     install_error_handlers(app)
     app.include_router(health_router)
     install_metrics(app)  # GET /metrics
@@ -46,5 +53,6 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(files_router)
     app.include_router(openai_router)
     app.include_router(fal_router)
-    app.include_router(playground_router)  # last: its POST /v1/{name} yields to fixed routes
+    app.include_router(playground_router)
+    app.include_router(by_name_router)  # last: its POST /v1/{name} yields to fixed routes
     return app

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -43,6 +43,9 @@ import httpx
 from fluxserve import __version__
 from fluxserve.addresses import AddressRefused, UrlPolicy, allowed_address, pin_url
 from fluxserve.domain import Job
+
+if TYPE_CHECKING:
+    from fluxserve.jobs.service import JobService
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +163,9 @@ def retry_delay(attempts: int, delays: Sequence[float] = RETRY_DELAYS) -> float:
 
 
 Render = Callable[[Job], dict[str, Any]]
+# A dialect's webhook body: (the ended job, the job service for its image links, the base
+# URL the submit used) -> the JSON to POST. Each dialect registers its own (api/app.py).
+WebhookBody = Callable[[Job, "JobService", str], dict[str, Any]]
 
 
 class WebhookDispatcher:

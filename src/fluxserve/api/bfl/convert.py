@@ -27,7 +27,7 @@ from fluxserve.domain import (
 from fluxserve.images.inputs import ImageReader
 from fluxserve.jobs import imageprep
 from fluxserve.jobs.imageprep import Prepared
-from fluxserve.jobs.service import Submission
+from fluxserve.jobs.service import JobService, Submission
 from fluxserve.specs import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -226,3 +226,8 @@ def _result_response(job: Job, sample_urls: list[str]) -> ResultResponse:
 
 def not_found(job_id: str) -> ResultResponse:
     return ResultResponse(id=job_id, status="Task not found")
+
+
+def webhook_body(job: Job, jobs: JobService, base_url: str) -> dict[str, Any]:
+    """BFL's webhook body for ``job`` (registered with the services by api/app.py)."""
+    return webhook_payload(job, jobs.result_urls(job, base_url))

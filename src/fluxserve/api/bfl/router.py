@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
-from fluxserve.api.auth import CallerDep, SubmitterDep, owner_of
+from fluxserve.api.auth import CallerDep, SubmitterDep, authenticate, owner_of
 from fluxserve.api.bfl import convert
 from fluxserve.api.bfl.protocol import (
     AsyncResponse,
@@ -19,7 +19,10 @@ from fluxserve.api.bfl.protocol import (
     _Inputs,
 )
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
+from fluxserve.domain import Task
+from fluxserve.errors import ModelNotAvailable
 from fluxserve.jobs.service import Submission
+from fluxserve.specs import ModelSpec
 
 router = APIRouter(prefix="/v1", tags=["bfl"])
 
@@ -129,3 +132,41 @@ async def get_result(services: ServicesDep, base: BaseUrlDep, key: CallerDep, id
         return convert.not_found(id)
     urls = await services.jobs.read(services.jobs.result_urls, job, base)
     return convert.to_result_response(job, urls)
+
+
+# ``POST /v1/{name}``: any loaded model (or --alias) by name; the playground submits here.
+# app.py includes this router last, so every fixed route wins over it.
+by_name_router = APIRouter()
+
+
+async def named_model(name: str, services: ServicesDep) -> ModelSpec:
+    """The text-to-image model called ``name`` (or aliased so); else 404, before the body
+    is validated. (async: no thread-pool hop for a dict lookup.)"""
+    table = services.router
+    spec = table.models.get(table.aliases.get(name, name))
+    if spec is None:
+        raise ModelNotAvailable(
+            f"No endpoint or loaded model is called {name}; this server has "
+            f"{', '.join(table.models)}."
+        )
+    if Task.TEXT_TO_IMAGE not in spec.tasks:
+        raise ModelNotAvailable(
+            f"{spec.name} is a {spec.kind} model, not a text-to-image one; use its endpoint "
+            "(flux-kontext-pro, flux-pro-1.0-fill) instead."
+        )
+    return spec
+
+
+# Authentication runs first, so a caller without a key cannot probe for model names.
+@by_name_router.post(
+    "/v1/{name}",
+    response_model=AsyncResponse,
+    tags=["bfl"],
+    dependencies=[Depends(authenticate), Depends(named_model)],
+)
+def by_model_name(
+    name: str, inputs: FluxDevInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
+):
+    """Generate on the loaded model (or ``--alias``) called ``name``, as ``/v1/flux-dev``
+    does on a model chosen by kind. Fixed endpoint names never reach this route."""
+    return _submit(name, inputs, services, base, caller)

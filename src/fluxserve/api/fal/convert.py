@@ -34,7 +34,7 @@ from fluxserve.errors import InvalidRequest
 from fluxserve.images.inputs import ImageReader
 from fluxserve.jobs import imageprep
 from fluxserve.jobs.imageprep import Prepared
-from fluxserve.jobs.service import Submission
+from fluxserve.jobs.service import JobService, Submission
 from fluxserve.safety.tolerance import MAX_TOLERANCE
 from fluxserve.specs import ModelSpec
 
@@ -324,3 +324,11 @@ def to_status(job: Job, urls: QueueUrls, position: int | None, with_logs: bool) 
         error_type=error_type,
         **base,
     )
+
+
+def webhook_body(job: Job, jobs: JobService, base_url: str) -> dict[str, Any]:
+    """fal's webhook body for ``job`` (registered with the services by api/app.py); a
+    ``sync_mode`` job's images go inline as ``data:`` URIs, as its result has them."""
+    inline = job.request.inline_images
+    images = jobs.data_uris(job) if inline else jobs.result_urls(job, base_url)
+    return webhook_payload(job, images)

@@ -1,8 +1,8 @@
-"""The playground page, the models it offers, and ``POST /v1/{model}``.
+"""The playground page and the models it offers.
 
 The page is plain static files (no build step, nothing fetched from elsewhere). It submits
-through the BFL API; ``POST /v1/{name}`` lets it pick a model by name, which the fixed BFL
-routes (chosen by kind) cannot. Include this router last, so every fixed route wins.
+through the public BFL API: ``POST /v1/{name}`` (api/bfl/router.py) lets it pick a model by
+name, which the fixed BFL routes (chosen by kind) cannot.
 """
 
 from __future__ import annotations
@@ -10,15 +10,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import FileResponse
 
-from fluxserve.api.auth import CallerDep, SubmitterDep, authenticate
-from fluxserve.api.bfl.protocol import DIMENSION_STEP, AsyncResponse, FluxDevInputs
-from fluxserve.api.bfl.router import _submit
-from fluxserve.api.deps import BaseUrlDep, ServicesDep
+from fluxserve.api.auth import CallerDep
+from fluxserve.api.bfl.protocol import DIMENSION_STEP
+from fluxserve.api.deps import ServicesDep
 from fluxserve.domain import Task
-from fluxserve.errors import ModelNotAvailable
 from fluxserve.specs import ModelSpec
 
 router = APIRouter()
@@ -55,39 +53,6 @@ def static_file(filename: str) -> FileResponse:
     if filename not in FILES:
         raise HTTPException(404, "Not Found")
     return FileResponse(STATIC / filename, media_type=FILES[filename], headers=NO_CACHE)
-
-
-async def named_model(name: str, services: ServicesDep) -> ModelSpec:
-    """The text-to-image model called ``name`` (or aliased so); else 404, before the body
-    is validated. (async: no thread-pool hop for a dict lookup.)"""
-    table = services.router
-    spec = table.models.get(table.aliases.get(name, name))
-    if spec is None:
-        raise ModelNotAvailable(
-            f"No endpoint or loaded model is called {name}; this server has "
-            f"{', '.join(table.models)}."
-        )
-    if Task.TEXT_TO_IMAGE not in spec.tasks:
-        raise ModelNotAvailable(
-            f"{spec.name} is a {spec.kind} model, not a text-to-image one; use its endpoint "
-            "(flux-kontext-pro, flux-pro-1.0-fill) instead."
-        )
-    return spec
-
-
-# Authentication runs first, so a caller without a key cannot probe for model names.
-@router.post(
-    "/v1/{name}",
-    response_model=AsyncResponse,
-    tags=["bfl"],
-    dependencies=[Depends(authenticate), Depends(named_model)],
-)
-def by_model_name(
-    name: str, inputs: FluxDevInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
-):
-    """Generate on the loaded model (or ``--alias``) called ``name``, as ``/v1/flux-dev``
-    does on a model chosen by kind. Fixed endpoint names never reach this route."""
-    return _submit(name, inputs, services, base, caller)
 
 
 def _describe(spec: ModelSpec, aliases: list[str]) -> dict:
