@@ -6,6 +6,7 @@ import base64
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from PIL import Image, ImageOps
@@ -58,19 +59,24 @@ def resolve_model(router: ModelRouter, name: str | None) -> ModelSpec:
 def to_generation_request(body: ImagesGenerateRequest, spec: ModelSpec) -> GenerationRequest:
     width, height = parse_size(body.size)
     return GenerationRequest(
-        model=spec.name,
-        prompt=body.prompt,
-        width=width,
-        height=height,
-        steps=spec.effective_steps(body.steps),
-        guidance=spec.effective_guidance(body.guidance),
-        seed=body.seed if body.seed is not None else random_seed(),
-        output_format=OutputFormat(body.output_format),
-        endpoint="openai",
-        num_images=body.n,
-        safety_tolerance=body.tolerance(),
-        prompt_upsampling=body.prompt_upsampling,
-    )
+        width=width, height=height, steps=spec.effective_steps(body.steps),
+        **_common_fields(body, spec),
+    )  # fmt: skip
+
+
+def _common_fields(body: Any, spec: ModelSpec) -> dict[str, Any]:
+    """The request fields that generations and edits take alike from their bodies."""
+    return {
+        "model": spec.name,
+        "prompt": body.prompt,
+        "guidance": spec.effective_guidance(body.guidance),
+        "seed": body.seed if body.seed is not None else random_seed(),
+        "output_format": OutputFormat(body.output_format),
+        "endpoint": "openai",
+        "num_images": body.n,
+        "safety_tolerance": body.tolerance(),
+        "prompt_upsampling": body.prompt_upsampling,
+    }
 
 
 # -- edits -----------------------------------------------------------------------------------
@@ -235,18 +241,10 @@ def to_edit_request(
         width, height = _edit_size(body) or imageprep.input_size(spec, images[0])
         prepared = imageprep.prepare_image_to_image(images[0], width, height)
     request = GenerationRequest(
-        model=spec.name,
-        prompt=body.prompt,
         width=prepared.width,
         height=prepared.height,
         steps=steps,
-        guidance=spec.effective_guidance(body.guidance),
-        seed=body.seed if body.seed is not None else random_seed(),
-        output_format=OutputFormat(body.output_format),
-        endpoint="openai",
-        num_images=body.n,
-        safety_tolerance=body.tolerance(),
-        prompt_upsampling=body.prompt_upsampling,
+        **_common_fields(body, spec),
         task=task,
         strength=strength,
     )
