@@ -331,7 +331,7 @@ def _race(store, owner_key, limits, count: int = 20) -> int:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_concurrent_submits_cannot_pass_the_limits(backend, tmp_path, request):
-    from fluxserve.store.sql import SubmitLimits
+    from fluxserve.store.tables import SubmitLimits
 
     if backend == "sqlite":
         from fluxserve.store.sqlite import SqliteJobStore

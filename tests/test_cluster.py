@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from fluxserve.domain import JobStatus
 from fluxserve.store.postgres import PostgresJobStore
-from fluxserve.store.sql import jobs
+from fluxserve.store.tables import jobs
 from tests.helpers import FLUXSERVE, free_port
 
 pytestmark = pytest.mark.process

@@ -27,7 +27,7 @@ from fluxserve.config import Settings
 from fluxserve.domain import MAX_SEED, GenerationRequest, Job, JobStatus, OutputFormat
 from fluxserve.errors import InvalidRequest
 from fluxserve.specs import MODEL_SPECS
-from fluxserve.store.sql import jobs
+from fluxserve.store.tables import jobs
 from tests.helpers import job_count
 
 BASE = "http://testserver"

@@ -22,7 +22,7 @@ from fluxserve.api.app import create_app
 from fluxserve.config import Settings
 from fluxserve.domain import GenerationRequest, Task
 from fluxserve.jobs.imageprep import DEFAULT_STRENGTH
-from fluxserve.store.sql import jobs
+from fluxserve.store.tables import jobs
 from tests.helpers import data_uri, fetch_image, image_bytes
 
 BASE = "http://testserver"

@@ -13,8 +13,8 @@ from fluxserve.api.app import create_app
 from fluxserve.api.common.metrics import EndedJobFeed, JobMetrics
 from fluxserve.config import Settings
 from fluxserve.domain import GenerationRequest, Job, JobStatus
-from fluxserve.store.sql import jobs
 from fluxserve.store.sqlite import SqliteJobStore
+from fluxserve.store.tables import jobs
 from tests.helpers import SMALL, poll_result, wait_for, wait_ready
 
 FAST = {**SMALL, "steps": 2}

@@ -27,7 +27,7 @@ from fluxserve.api.app import create_app
 from fluxserve.config import Settings
 from fluxserve.domain import JobReport, JobStatus
 from fluxserve.store.postgres import LISTEN_POLL, RECONNECT_DELAY, PostgresJobStore
-from fluxserve.store.sql import jobs, metadata
+from fluxserve.store.tables import jobs, metadata
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.helpers import SMALL, poll_result, wait_ready
 from tests.test_store import make_job

@@ -15,8 +15,8 @@ from fastapi import Depends, Header, Request
 
 from fluxserve.bootstrap import Services
 from fluxserve.errors import InvalidRequest, Unauthenticated
+from fluxserve.jobs.access import ApiKey, owner_of
 from fluxserve.jobs.service import Submission
-from fluxserve.store.keys import ApiKey, owner_of
 
 MAX_IDEMPOTENCY_KEY = 200
 NO_KEY = (

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
 from fluxserve.config import Settings
 from fluxserve.errors import ConfigurationError
-from fluxserve.store.base import STALE_AFTER_LEASES
+from fluxserve.store.base import STALE_AFTER_LEASES, JobStats, WorkerRegistry
 from fluxserve.store.sql import SqlJobStore
 
 RUNNING_SHOWN = 100  # running jobs listed at most
+
+
+class StatusSource(JobStats, WorkerRegistry, Protocol):
+    """What ``fluxserve status`` reads: the job counts and pages, and the workers table."""
 
 
 def open_existing_store(settings: Settings) -> SqlJobStore:
@@ -37,7 +41,7 @@ def open_existing_store(settings: Settings) -> SqlJobStore:
     return SqliteJobStore(path, migrate=False)
 
 
-def snapshot(store: SqlJobStore, lease_seconds: float, now: float | None = None) -> dict:
+def snapshot(store: StatusSource, lease_seconds: float, now: float | None = None) -> dict:
     """What ``fluxserve status`` shows, as plain data (the --json output)."""
     now = time.time() if now is None else now
     running = store.running_jobs(RUNNING_SHOWN)

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 
 from fluxserve.domain import Job
-from fluxserve.store.base import JobStore
+from fluxserve.store.base import WorkQueue
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ class LeaseKeeper:
 
     def __init__(
         self,
-        store: JobStore,
+        store: WorkQueue,
         lease_seconds: float,
         on_beat: Callable[[], None] | None = None,
     ) -> None:

@@ -25,7 +25,7 @@ from fluxserve.config import Settings
 from fluxserve.engine.child import process_main, run_worker
 from fluxserve.engine.signals import Flag, Wakeup
 from fluxserve.safety.setup import SafetySetup
-from fluxserve.store.base import STALE_AFTER_LEASES, WORKER_FORGET_AFTER, JobStore
+from fluxserve.store.base import STALE_AFTER_LEASES, WORKER_FORGET_AFTER, WorkerStore
 from fluxserve.weights import ResolvedModel
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class WorkerPool:
         self,
         settings: Settings,
         models: list[ResolvedModel],
-        store: JobStore,
+        store: WorkerStore,  # the sweep's queue writes, and the workers table
         housekeeping: Callable[[], object] | None = None,
         safety: SafetySetup | None = None,
     ) -> None:

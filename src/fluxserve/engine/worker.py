@@ -33,7 +33,7 @@ from fluxserve.runtime.base import GenerationInputs, OnStep, Runner, ShouldStop
 from fluxserve.runtime.postprocess import encode_image, generation_metadata
 from fluxserve.safety.checks import SafetyChecks
 from fluxserve.storage.base import BlobStorage, result_key
-from fluxserve.store.base import JobStore
+from fluxserve.store.base import WorkerStore
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def run_batch(
 class Worker:
     def __init__(
         self,
-        store: JobStore,
+        store: WorkerStore,
         storage: BlobStorage,
         runner: Runner,
         options: WorkerOptions,

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from fluxserve.errors import TooManyRequests
 from fluxserve.store.keys import ApiKey, KeyStore
-from fluxserve.store.sql import SubmitLimits, queue_full, too_many_active
+from fluxserve.store.keys import owner_of as owner_of  # for the API: jobs/ is its seam
+from fluxserve.store.tables import SubmitLimits, queue_full, too_many_active
 
 SECRET_PREFIX = "fsk_"
 DEFAULT_MAX_ACTIVE = 24  # BFL's limit of active tasks per key

@@ -22,7 +22,7 @@ from fluxserve.errors import JobNotFound
 from fluxserve.jobs.access import Admission
 from fluxserve.safety.policy import SafetyPolicy
 from fluxserve.storage.base import BlobStorage, input_key, job_prefixes
-from fluxserve.store.base import JobStore
+from fluxserve.store.base import JobTable
 from fluxserve.store.keys import ApiKey, owner_of
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ ANONYMOUS = Submission()
 class JobService:
     def __init__(
         self,
-        store: JobStore,
+        store: JobTable,
         storage: BlobStorage,
         notify: Callable[[], None],
         url_ttl: int = 600,

@@ -43,6 +43,7 @@ import httpx
 from fluxserve import __version__
 from fluxserve.addresses import AddressRefused, UrlPolicy, allowed_address, pin_url
 from fluxserve.domain import Job
+from fluxserve.store.base import WebhookOutbox
 
 if TYPE_CHECKING:
     from fluxserve.jobs.service import JobService
@@ -174,7 +175,7 @@ class WebhookDispatcher:
 
     def __init__(
         self,
-        store: Any,  # store.base.JobStore
+        store: WebhookOutbox,
         render: Render,
         policy: UrlPolicy,
         timeout: float = 10.0,

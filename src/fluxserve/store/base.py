@@ -1,4 +1,7 @@
-"""The JobStore protocol: the durable job table that is also the queue.
+"""The job store's role protocols: the durable job table that is also the queue.
+
+Each user depends on the role it uses (``JobTable``, ``WorkQueue``, ``WebhookOutbox``,
+``WorkerRegistry``, ``JobStats``); ``JobStore`` is all of them, for the composition root.
 
 Every write that a worker makes names the job's ``attempt``: it is the fencing token of the
 worker's lease. When a lease expires and the job is claimed again, the attempt grows, and the
@@ -52,10 +55,14 @@ class EndedJob:
     batch_size: int | None
 
 
-class JobStore(Protocol):
+class JobTable(Protocol):
+    """Jobs as the API sees them: submitted, read, cancelled, cleaned up."""
+
+    shared: bool  # other hosts' workers use it too (PostgreSQL)
+
     def create(self, job: Job, limits: Any = None) -> Job:
         """Insert a queued job; returns it with its queue sequence number. ``limits``
-        (sql.SubmitLimits) refuse it atomically past its key's or the server's limit."""
+        (tables.SubmitLimits) refuse it atomically past its key's or the server's limit."""
         ...
 
     def get(self, job_id: str) -> Job | None: ...
@@ -71,6 +78,30 @@ class JobStore(Protocol):
     def queued_counts(self) -> dict[str, int]:
         """Queued jobs per model."""
         ...
+
+    def request_cancel(self, job_id: str) -> JobStatus | None:
+        """Cancel a queued job, or flag a running one for its worker; the status after."""
+        ...
+
+    def forget_results(self, job_id: str, result_keys: list[str]) -> bool:
+        """Empty the result keys if they are still ``result_keys``; True for the one winner."""
+        ...
+
+    def ended_before(self, finished_before: float, limit: int = 500) -> list[str]:
+        """Ids of jobs that ended before ``finished_before`` (at most ``limit``)."""
+        ...
+
+    def delete_jobs(self, job_ids: list[str]) -> int:
+        """Delete these ended jobs' rows; how many were deleted."""
+        ...
+
+    def purge_ended(self, finished_before: float, limit: int = 500) -> list[str]:
+        """Delete jobs that ended before ``finished_before`` (at most ``limit``); their ids."""
+        ...
+
+
+class WorkQueue(Protocol):
+    """The queue as the workers see it: claims, leases fenced by attempt, ends, the sweep."""
 
     def claim(self, worker_id: str, models: list[str], lease_seconds: float) -> Job | None:
         """Take the oldest queued job of one of ``models``; the job becomes running."""
@@ -111,8 +142,8 @@ class JobStore(Protocol):
         """Mark failed; ``attempt`` None fails a queued job that no worker holds."""
         ...
 
-    def request_cancel(self, job_id: str) -> JobStatus | None:
-        """Cancel a queued job, or flag a running one for its worker; the status after."""
+    def release(self, job_id: str, attempt: int) -> bool:
+        """Running -> queued, fenced by attempt: the worker could not finish the job."""
         ...
 
     def is_cancel_requested(self, job_id: str) -> bool: ...
@@ -121,29 +152,26 @@ class JobStore(Protocol):
         """The worker's acknowledgement of a cancel: running -> cancelled (fenced)."""
         ...
 
-    def forget_results(self, job_id: str, result_keys: list[str]) -> bool:
-        """Empty the result keys if they are still ``result_keys``; True for the one winner."""
-        ...
-
     def expire_leases(self, worker_id: str) -> int:
         """End the leases of a worker known to be dead, so the next sweep requeues its jobs."""
+        ...
+
+    def expire_all_leases(self) -> int:
+        """End every running lease: only for a store that a single server owns (SQLite)."""
         ...
 
     def requeue_expired(self, max_attempts: int, now: float | None = None) -> list[Job]:
         """Running jobs whose lease expired go back to the queue, or fail past max attempts."""
         ...
 
-    def ended_before(self, finished_before: float, limit: int = 500) -> list[str]:
-        """Ids of jobs that ended before ``finished_before`` (at most ``limit``)."""
+    def set_batch_size(self, worker_id: str, job_ids: list[str], size: int) -> int:
+        """Record that these running jobs of ``worker_id`` run as one batch of ``size``
+        (a claim sets 1)."""
         ...
 
-    def delete_jobs(self, job_ids: list[str]) -> int:
-        """Delete these ended jobs' rows; how many were deleted."""
-        ...
 
-    def purge_ended(self, finished_before: float, limit: int = 500) -> list[str]:
-        """Delete jobs that ended before ``finished_before`` (at most ``limit``); their ids."""
-        ...
+class WebhookOutbox(Protocol):
+    """Webhook deliveries of ended jobs, claimed in turn by the dispatchers."""
 
     def due_webhooks(self, now: float, limit: int, hold_seconds: float) -> list[Job]:
         """Claim up to ``limit`` due webhook deliveries of ended jobs (each one's attempt
@@ -156,37 +184,9 @@ class JobStore(Protocol):
         """The outcome of delivery attempt ``attempts`` (fenced by it)."""
         ...
 
-    shared: bool  # other hosts' workers use it too (PostgreSQL)
 
-    def ping(self) -> bool:
-        """Whether the database answers."""
-        ...
-
-    def release(self, job_id: str, attempt: int) -> bool:
-        """Running -> queued, fenced by attempt: the worker could not finish the job."""
-        ...
-
-    def listen(self, on_wake: Callable[[], None], stop: Callable[[], bool]) -> None:
-        """Call ``on_wake`` when another process queues jobs, until ``stop()``."""
-        ...
-
-    # -- observability ------------------------------------------------------------------
-    def set_batch_size(self, worker_id: str, job_ids: list[str], size: int) -> int:
-        """Record that these running jobs of ``worker_id`` run as one batch of ``size``
-        (a claim sets 1)."""
-        ...
-
-    def active_counts(self) -> dict[str, dict[str, int]]:
-        """Queued and running jobs per model: {model: {"queued": n, "running": m}}."""
-        ...
-
-    def running_jobs(self, limit: int = 100) -> list[Job]: ...
-
-    def ended_since(
-        self, finished_at: float, after_seq: int = 0, limit: int = 1000
-    ) -> list[EndedJob]:
-        """Ended jobs after (``finished_at``, ``after_seq``) in that order (a page)."""
-        ...
+class WorkerRegistry(Protocol):
+    """The workers table: which worker processes run, where, and what they hold."""
 
     def register_worker(
         self, worker_id: str, host: str, models: list[str], device: str, now: float | None = None
@@ -209,6 +209,39 @@ class JobStore(Protocol):
 
     def purge_workers(self, seen_before: float) -> int:
         """Delete the rows of workers last seen before ``seen_before``."""
+        ...
+
+
+class JobStats(Protocol):
+    """Read-only views for observability (/metrics, ``fluxserve status``)."""
+
+    def active_counts(self) -> dict[str, dict[str, int]]:
+        """Queued and running jobs per model: {model: {"queued": n, "running": m}}."""
+        ...
+
+    def running_jobs(self, limit: int = 100) -> list[Job]: ...
+
+    def ended_since(
+        self, finished_at: float, after_seq: int = 0, limit: int = 1000
+    ) -> list[EndedJob]:
+        """Ended jobs after (``finished_at``, ``after_seq``) in that order (a page)."""
+        ...
+
+
+class WorkerStore(WorkQueue, WorkerRegistry, Protocol):
+    """What the engine's worker uses: the queue, and its own row in the workers table."""
+
+
+class JobStore(JobTable, WorkQueue, WebhookOutbox, WorkerRegistry, JobStats, Protocol):
+    """Every role at once, and the database's lifecycle: for the composition root only.
+    Everyone else depends on the role it uses."""
+
+    def ping(self) -> bool:
+        """Whether the database answers."""
+        ...
+
+    def listen(self, on_wake: Callable[[], None], stop: Callable[[], bool]) -> None:
+        """Call ``on_wake`` when another process queues jobs, until ``stop()``."""
         ...
 
     def close(self) -> None: ...

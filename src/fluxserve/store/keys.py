@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from fluxserve.store.sql import api_keys, count_active, count_queued
+from fluxserve.store.tables import api_keys, count_active, count_queued
 
 
 @dataclass(frozen=True)

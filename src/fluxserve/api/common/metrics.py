@@ -31,7 +31,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from fluxserve.domain import JobStatus
-from fluxserve.store.base import EndedJob, JobStore
+from fluxserve.jobs.stats import EndedJob, JobStats, MetricsSource
 
 GRACE = 30.0  # seconds a late-written job end is still counted (see the module docstring)
 PAGE = 1000  # ended jobs read per query
@@ -59,7 +59,7 @@ class EndedJobFeed:
         self.high = start  # the newest end seen (capped at this process's clock)
         self._seen: dict[str, float] = {}  # ids returned, whose end is within the grace
 
-    def poll(self, store: JobStore, now: float | None = None) -> list[EndedJob]:
+    def poll(self, store: JobStats, now: float | None = None) -> list[EndedJob]:
         now = time.time() if now is None else now
         read: list[EndedJob] = []  # every page first: a failed read changes nothing
         after, after_seq = max(self.start, self.high - self.grace), 0
@@ -84,7 +84,7 @@ class EndedJobFeed:
 class StoreGauges(Collector):
     """What the job store says now: queue depth, running jobs, the workers table."""
 
-    def __init__(self, store: JobStore, lease_seconds: float, models: Iterable[str]) -> None:
+    def __init__(self, store: MetricsSource, lease_seconds: float, models: Iterable[str]) -> None:
         self.store = store
         self.lease_seconds = lease_seconds
         self.models = list(models)  # reported (as 0) even when they have no jobs
@@ -149,7 +149,7 @@ class JobMetrics:
 
     def __init__(
         self,
-        store: JobStore,
+        store: MetricsSource,
         lease_seconds: float,
         models: Iterable[str] = (),
         start: float | None = None,

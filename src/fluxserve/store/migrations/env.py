@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from fluxserve.store.sql import metadata
+from fluxserve.store.tables import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(
