@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fluxserve.cli.bench import (
+from fluxserve.runtime.bench import (
     StepClock,
     Workload,
     baseline_call,
@@ -221,7 +221,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.tiers = ["lossless", *(t for t in args.tiers if t != "lossless")]
     args.prompts = args.prompt or PROMPTS
     args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
-    # What fluxserve.cli.bench's helpers read.
+    # What fluxserve.runtime.bench's helpers read.
     args.prompt, args.seed, args.batch, args.prompt_cache = args.prompts[0], 0, [1], False
     args.memory_preset = "none"
     return args
