@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from PIL import Image
 from sqlalchemy.exc import IntegrityError
@@ -142,15 +142,10 @@ class JobService:
                 raise
             return earlier
 
-    async def submit_async(
-        self,
-        request: GenerationRequest,
-        images: Sequence[Image.Image] = (),
-        mask: Image.Image | None = None,
-        submission: Submission = ANONYMOUS,
-    ) -> Job:
-        """``submit`` from async code: storage and store writes run in the thread pool."""
-        return await run_in_threadpool(self.submit, request, images, mask, submission)
+    async def submit_async(self, request: GenerationRequest, *parts: Any, **named: Any) -> Job:
+        """``submit`` (same arguments) from async code: storage and store writes run in
+        the thread pool."""
+        return await run_in_threadpool(self.submit, request, *parts, **named)
 
     def _put_input(self, job_id: str, name: str, image: Image.Image) -> str:
         key = input_key(job_id, name)

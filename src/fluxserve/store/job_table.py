@@ -11,6 +11,7 @@ from fluxserve.domain import Job, JobStatus
 from fluxserve.store.sqlbase import SqlStoreBase
 from fluxserve.store.tables import (
     SubmitLimits,
+    cancelled,
     count_active,
     count_queued,
     jobs,
@@ -125,12 +126,7 @@ class SqlJobTable(SqlStoreBase):
             conn.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
-                .values(
-                    status=JobStatus.CANCELLED.value,
-                    finished_at=now,
-                    error_code="cancelled",
-                    error_message="The request was cancelled.",
-                )
+                .values(**cancelled(now))
             )
             conn.execute(
                 jobs.update()

@@ -4,6 +4,7 @@ and the helpers over them: a row as a Job, the limit counts, the submit limits."
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,3 +152,20 @@ def row_to_job(row: Any) -> Job:
         webhook_attempts=m["webhook_attempts"],
         webhook_error=m["webhook_error"],
     )
+
+
+def ended(status: JobStatus, code: str, message: str, now: float | None = None) -> dict[str, Any]:
+    """The values that end a job: its final status, error code and message, and when (no
+    lease any more)."""
+    return {
+        "status": status.value,
+        "error_code": code,
+        "error_message": message,
+        "finished_at": time.time() if now is None else now,
+        "lease_expires_at": None,
+    }
+
+
+def cancelled(now: float | None = None) -> dict[str, Any]:
+    """The values that end a job cancelled."""
+    return ended(JobStatus.CANCELLED, "cancelled", "The request was cancelled.", now)

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from fluxserve.domain import Job, JobReport, JobStatus
 from fluxserve.store.sqlbase import SqlStoreBase
 from fluxserve.store.states import sources_of
-from fluxserve.store.tables import jobs, row_to_job
+from fluxserve.store.tables import cancelled, ended, jobs, row_to_job
 
 _RUNNING = JobStatus.RUNNING.value
 
@@ -181,13 +181,7 @@ class SqlWorkQueue(SqlStoreBase):
         )
 
     def fail(self, job_id: str, attempt: int | None, code: str, message: str) -> bool:
-        values = {
-            "status": JobStatus.FAILED.value,
-            "error_code": code,
-            "error_message": message,
-            "finished_at": time.time(),
-            "lease_expires_at": None,
-        }
+        values = ended(JobStatus.FAILED, code, message)
         if attempt is not None:
             return self._update_running(job_id, attempt, **values)
         stmt = (
@@ -204,15 +198,7 @@ class SqlWorkQueue(SqlStoreBase):
             return bool(conn.execute(stmt).scalar())
 
     def cancel_running(self, job_id: str, attempt: int) -> bool:
-        return self._update_running(
-            job_id,
-            attempt,
-            status=JobStatus.CANCELLED.value,
-            error_code="cancelled",
-            error_message="The request was cancelled.",
-            finished_at=time.time(),
-            lease_expires_at=None,
-        )
+        return self._update_running(job_id, attempt, **cancelled())
 
     def expire_leases(self, worker_id: str) -> int:
         stmt = (
@@ -238,33 +224,22 @@ class SqlWorkQueue(SqlStoreBase):
         with self.engine.connect() as conn:
             if conn.execute(sa.select(jobs.c.seq).where(expired).limit(1)).first() is None:
                 return []
+        lost_message = (
+            f"The worker stopped while generating this job {max_attempts} times; "
+            "it was not retried again."
+        )
         with self.engine.begin() as conn:
             # A job whose cancel was asked for is not retried: it ends cancelled.
-            cancelled = conn.execute(
+            were_cancelled = conn.execute(
                 jobs.update()
                 .where(expired, jobs.c.cancel_requested.is_(True))
-                .values(
-                    status=JobStatus.CANCELLED.value,
-                    error_code="cancelled",
-                    error_message="The request was cancelled.",
-                    finished_at=now,
-                    lease_expires_at=None,
-                )
+                .values(**cancelled(now))
                 .returning(*jobs.c)
             ).all()
             failed = conn.execute(
                 jobs.update()
                 .where(expired, jobs.c.attempt >= max_attempts)
-                .values(
-                    status=JobStatus.FAILED.value,
-                    error_code="worker_lost",
-                    error_message=(
-                        f"The worker stopped while generating this job {max_attempts} times; "
-                        "it was not retried again."
-                    ),
-                    finished_at=now,
-                    lease_expires_at=None,
-                )
+                .values(**ended(JobStatus.FAILED, "worker_lost", lost_message, now))
                 .returning(*jobs.c)
             ).all()
             requeued = conn.execute(
@@ -280,7 +255,7 @@ class SqlWorkQueue(SqlStoreBase):
             ).all()
             if requeued:
                 self._announce(conn)
-        return [row_to_job(r) for r in (*cancelled, *failed, *requeued)]
+        return [row_to_job(r) for r in (*were_cancelled, *failed, *requeued)]
 
     def set_batch_size(self, worker_id: str, job_ids: list[str], size: int) -> int:
         """Record that these running jobs of ``worker_id`` run as one batch of ``size``."""
