@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from fluxserve.api.app import create_app
 from fluxserve.config import Settings
-from tests.helpers import wait_ready
+from tests.helpers import idle_app, wait_ready
 
 # Offline, whatever the machine: tests never reach the Hugging Face Hub.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -104,6 +104,17 @@ def tiny_fill_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny(tmp_path_factory.mktemp("models") / "tiny-fill", "tiny-fill")
 
 
+@pytest.fixture(scope="module")
+def runner(tiny_model_dir: Path):
+    """The tiny model loaded in a real FluxRunner, once per test module."""
+    from fluxserve.runtime.diffusers_runner import FluxRunner
+    from fluxserve.weights import resolve_model
+
+    runner = FluxRunner([resolve_model(str(tiny_model_dir), tiny_model_dir.parent)])
+    runner.load()
+    return runner
+
+
 @pytest.fixture
 def image_settings(
     tmp_path: Path, tiny_model_dir: Path, tiny_kontext_dir: Path, tiny_fill_dir: Path
@@ -116,12 +127,17 @@ def image_settings(
     )
 
 
+def running_app(settings: Settings) -> Iterator[TestClient]:
+    """For a fixture to ``yield from``: the app with its lifespan running, once ready."""
+    with TestClient(create_app(settings)) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
 @pytest.fixture
 def image_client(image_settings: Settings) -> Iterator[TestClient]:
     """The app serving tiny, tiny-kontext and tiny-fill."""
-    with TestClient(create_app(image_settings)) as test_client:
-        wait_ready(test_client)
-        yield test_client
+    yield from running_app(image_settings)
 
 
 @pytest.fixture
@@ -136,14 +152,17 @@ def settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
 @pytest.fixture
 def idle_client(settings: Settings) -> Iterator[TestClient]:
     """The app without its lifespan: no worker starts, so submitted jobs stay queued."""
-    app = create_app(settings)
-    yield TestClient(app)
-    app.state.services.store.close()
+    yield from idle_app(settings)
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     """The app with its lifespan running: a thread worker serving the tiny model."""
-    with TestClient(create_app(settings)) as test_client:
-        wait_ready(test_client)
-        yield test_client
+    yield from running_app(settings)
+
+
+@pytest.fixture
+def idle_image_client(image_settings: Settings) -> Iterator[TestClient]:
+    """The image app (tiny, tiny-kontext, tiny-fill) without its lifespan: no worker starts,
+    so submitted jobs stay queued."""
+    yield from idle_app(image_settings)

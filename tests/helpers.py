@@ -1,17 +1,29 @@
-"""Helpers shared by tests: waiting and polling."""
+"""Helpers shared by tests: waiting and polling, and a live `fluxserve serve` process."""
 
 from __future__ import annotations
 
 import base64
 import io
+import os
+import signal
 import socket
+import ssl
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import httpx
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from fluxserve.config import Settings
+    from fluxserve.domain import Job
 
 # The console script of the venv running the tests.
 FLUXSERVE = str(Path(sys.executable).with_name("fluxserve"))
@@ -21,6 +33,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def idle_app(settings: Settings) -> Iterator[TestClient]:
+    """For a fixture to ``yield from``: the app without its lifespan (no worker starts, so
+    submitted jobs stay queued), its store closed afterwards."""
+    from fluxserve.api.app import create_app
+
+    app = create_app(settings)
+    yield TestClient(app)
+    app.state.services.store.close()
 
 
 def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
@@ -83,10 +105,40 @@ def fetch_image(client, url: str) -> Image.Image:
 
 def job_count(client: TestClient) -> int:
     """Rows in the job table of a test client's server."""
-    from fluxserve.store.sql import jobs
+    from fluxserve.store.tables import jobs
 
     with client.app.state.services.store.engine.connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one()
+
+
+def job_ids(client: TestClient) -> set[str]:
+    """The ids in the job table of a test client's server."""
+    from fluxserve.store.tables import jobs
+
+    with client.app.state.services.store.engine.connect() as conn:
+        return set(conn.execute(sa.select(jobs.c.id)).scalars())
+
+
+def only_job(client: TestClient) -> Job:
+    """The one job a test client's server has stored."""
+    (job_id,) = job_ids(client)
+    return client.app.state.services.jobs.get(job_id)
+
+
+def assert_openai_error(response, status: int, param: str | None, code: str | None) -> str:
+    """OpenAI's error body; returns its message."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param, error
+    assert error["code"] == code, error
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    return error["message"]
 
 
 def wait_for(condition, what: str, timeout: float = 60.0):
@@ -98,3 +150,79 @@ def wait_for(condition, what: str, timeout: float = 60.0):
             return result
         time.sleep(0.01)
     raise AssertionError(f"{what}: not seen within {timeout} s")
+
+
+class LiveServer:
+    """`fluxserve serve ARGS --port PORT` on a free 127.0.0.1 port, in its own process group
+    (so a test can kill it like a crash), its output appended to ``log``."""
+
+    def __init__(
+        self,
+        args: list[str],
+        log: Path,
+        *,
+        scheme: str = "http",
+        verify: ssl.SSLContext | bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.base = f"{scheme}://127.0.0.1:{self.port}"
+        self.log_path = log
+        self.log = log.open("ab")
+        self.proc = subprocess.Popen(
+            [FLUXSERVE, "serve", *args, "--port", str(self.port)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        self.http = httpx.Client(base_url=self.base, verify=verify, timeout=10)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def wait_ready(self, timeout: float = 120) -> dict:
+        """Polls GET /readyz until 200 and returns its body; fails, with the log's tail, when
+        the server exits first or is not ready within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"the server exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                response = self.http.get("/readyz")
+                if response.status_code == 200:
+                    return response.json()
+                last = f"{response.status_code} {response.text[:200]}"
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            time.sleep(0.1)
+        raise AssertionError(f"GET /readyz not 200 in {timeout} s ({last}):\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group, as a crash would."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, grace: float = 30) -> int | None:
+        """Ctrl-C, then close; the exit code, or None when it had to be killed after
+        ``grace`` seconds."""
+        self.http.close()  # first: an open keep-alive connection would hold up the shutdown
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)
+                try:
+                    self.proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+                    return None
+            return self.proc.returncode
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.http.close()
+        self.log.close()

@@ -11,15 +11,12 @@ from __future__ import annotations
 import base64
 import io
 import time
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from fluxserve.api.app import create_app
-from fluxserve.config import Settings
 from fluxserve.domain import GenerationRequest, Task
 from fluxserve.jobs.imageprep import DEFAULT_STRENGTH
 from fluxserve.store.tables import jobs
@@ -100,14 +97,6 @@ EXPECTED_SIZE = {
     "fal-ai/flux/dev/image-to-image": (96, 64),
     "fal-ai/flux-pro/v1/fill": (96, 64),
 }
-
-
-@pytest.fixture
-def idle_image_client(image_settings: Settings) -> Iterator[TestClient]:
-    """The image app without its lifespan: no worker, so submitted jobs stay queued."""
-    app = create_app(image_settings)
-    yield TestClient(app)
-    app.state.services.store.close()
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from fluxserve.api.app import create_app
 from fluxserve.config import Settings
 from fluxserve.domain import MAX_SEED, GenerationRequest, Job, OutputFormat
-from fluxserve.store.sql import jobs
+from tests.helpers import assert_openai_error, idle_app, job_ids, only_job
 
 URL = "/v1/images/generations"
 FAST = {"size": "256x256", "steps": 1}
@@ -47,17 +46,10 @@ def two_models(tmp_path: Path, tiny_model_dir: Path, second_model_dir: Path):
         data_dir=tmp_path / "data2",
         worker_mode="thread",
     )
-    app = create_app(settings)
-    yield TestClient(app)
-    app.state.services.store.close()
+    yield from idle_app(settings)
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def job_ids(client: TestClient) -> set[str]:
-    with client.app.state.services.store.engine.connect() as conn:
-        return set(conn.execute(sa.select(jobs.c.id)).scalars())
 
 
 def post_idle(client: TestClient, body, **kwargs) -> tuple[Job | None, httpx.Response]:
@@ -96,11 +88,6 @@ def stored_request(client: TestClient, body, **kwargs) -> GenerationRequest:
     return job.request
 
 
-def only_job(client: TestClient) -> Job:
-    (job_id,) = job_ids(client)
-    return client.app.state.services.jobs.get(job_id)
-
-
 def generate(client: TestClient, body: dict, **kwargs) -> dict:
     response = client.post(URL, json=body, **kwargs)
     assert response.status_code == 200, (body, response.text)
@@ -112,22 +99,6 @@ def decode(b64: str) -> Image.Image:
     image = Image.open(io.BytesIO(base64.b64decode(b64, validate=True)))
     image.load()
     return image
-
-
-def assert_openai_error(response, status: int, param: str | None, code: str | None) -> str:
-    """OpenAI's error body; returns its message."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
-    assert error["type"] == "invalid_request_error"
-    assert error["param"] == param, error
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str)
-    assert error["message"]
-    return error["message"]
 
 
 # -- GET /v1/models --------------------------------------------------------------------------
@@ -457,7 +428,5 @@ def test_malformed_json_names_no_parameter(idle_openai_client_for_regressions):
 @pytest.fixture
 def idle_openai_client_for_regressions(settings):
     from fastapi.testclient import TestClient
-
-    from fluxserve.api.app import create_app
 
     return TestClient(create_app(settings))  # no lifespan: nothing is generated

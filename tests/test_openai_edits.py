@@ -15,16 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from fluxserve.api.app import create_app
 from fluxserve.config import Settings
-from fluxserve.domain import Job, Task
+from fluxserve.domain import Task
 from fluxserve.jobs import imageprep
-from fluxserve.store.sql import jobs
-from tests.helpers import fetch_image, image_bytes
+from tests.helpers import assert_openai_error, fetch_image, image_bytes, job_ids, only_job
 
 URL = "/v1/images/edits"
 SIZE = (96, 64)  # helpers.image_bytes' default picture
@@ -32,37 +30,11 @@ BOX = (16, 16, 48, 48)  # the transparent rectangle of the mask pictures
 FAST = {"steps": "2", "response_format": "b64_json"}
 
 
-@pytest.fixture
-def idle_image_client(image_settings: Settings) -> Iterator[TestClient]:
-    """tiny, tiny-kontext and tiny-fill without a worker: nothing runs."""
-    app = create_app(image_settings)
-    yield TestClient(app)
-    app.state.services.store.close()
-
-
-@pytest.fixture
-def idle_tiny_client(settings: Settings) -> Iterator[TestClient]:
-    """Only the text-to-image tiny model, without a worker."""
-    app = create_app(settings)
-    yield TestClient(app)
-    app.state.services.store.close()
-
-
 # -- helpers --------------------------------------------------------------------------------
 
 
 def png(size: tuple[int, int] = SIZE, transparent_box: tuple | None = None) -> tuple:
     return ("image.png", image_bytes(size, "PNG", transparent_box), "image/png")
-
-
-def job_ids(client: TestClient) -> set[str]:
-    with client.app.state.services.store.engine.connect() as conn:
-        return set(conn.execute(sa.select(jobs.c.id)).scalars())
-
-
-def only_job(client: TestClient) -> Job:
-    (job_id,) = job_ids(client)
-    return client.app.state.services.jobs.get(job_id)
 
 
 def edit(client: TestClient, fields: dict, files) -> dict:
@@ -86,22 +58,6 @@ def stored_input(client: TestClient, key: str) -> Image.Image:
     image = Image.open(io.BytesIO(client.app.state.services.storage.get(key)))
     image.load()
     return image
-
-
-def assert_openai_error(response, status: int, param: str | None, code: str | None) -> str:
-    """OpenAI's error body; returns its message."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}, error
-    assert error["type"] == "invalid_request_error"
-    assert error["param"] == param, error
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str)
-    assert error["message"]
-    return error["message"]
 
 
 def refused(client: TestClient, status: int, param: str | None, code: str | None, **kwargs) -> str:
@@ -377,9 +333,9 @@ def test_unknown_model(idle_image_client):
     assert "tiny-kontext" in message
 
 
-def test_no_kontext_model_names_the_loaded_ones(idle_tiny_client):
+def test_no_kontext_model_names_the_loaded_ones(idle_client):
     message = refused(
-        idle_tiny_client,
+        idle_client,
         400,
         "model",
         "invalid_request",
@@ -390,10 +346,10 @@ def test_no_kontext_model_names_the_loaded_ones(idle_tiny_client):
     assert "Kontext" in message
 
 
-def test_no_fill_model_for_a_mask(idle_tiny_client):
+def test_no_fill_model_for_a_mask(idle_client):
     files = {"image": png(), "mask": png(transparent_box=BOX)}
     message = refused(
-        idle_tiny_client,
+        idle_client,
         400,
         "model",
         "invalid_request",

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +22,7 @@ from fluxserve.api.playground.router import _describe
 from fluxserve.bootstrap import build_services
 from fluxserve.config import Settings
 from fluxserve.specs import MODEL_SPECS
-from tests.helpers import FLUXSERVE, SMALL, fetch_image, free_port, poll_result, wait_ready
+from tests.helpers import SMALL, LiveServer, fetch_image, poll_result, wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -158,44 +155,11 @@ def test_keys_required(settings: Settings):
 # --- the page in headless Chromium -----------------------------------------------------
 
 
-class Server:
-    """`fluxserve serve --model tiny` on a free port, started in the background."""
-
-    def __init__(self, data_dir: Path, log: Path) -> None:
-        self.base = f"http://127.0.0.1:{free_port()}"
-        self.log = log.open("wb")
-        args = [FLUXSERVE, "serve", "--model", "tiny", "--data-dir", str(data_dir)]
-        args += ["--host", "127.0.0.1", "--port", self.base.rsplit(":", 1)[1]]
-        self.proc = subprocess.Popen(
-            args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited; see {self.log.name}"
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready in {timeout} s; see {self.log.name}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.log.close()
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    started = Server(tmp_path / "data", tmp_path / "server.log")
+def server(tmp_path: Path) -> Iterator[LiveServer]:
+    """`fluxserve serve --model tiny` on a free port, started in the background."""
+    args = ["--model", "tiny", "--data-dir", str(tmp_path / "data"), "--host", "127.0.0.1"]
+    started = LiveServer(args, tmp_path / "server.log")
     try:
         yield started
     finally:
@@ -239,14 +203,14 @@ NO_OVERFLOW = "document.documentElement.scrollWidth <= window.innerWidth"
 
 
 @pytest.mark.process
-def test_playground_in_chromium(server: Server, tmp_path: Path):
+def test_playground_in_chromium(server: LiveServer, tmp_path: Path):
     sync_playwright = sync_playwright_or_skip()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
         )
         try:
-            server.wait_ready()  # the server boots while Chromium starts
+            server.wait_ready(90)  # the server boots while Chromium starts
             desktop_run(browser, server.base, tmp_path)
             guidance_follows_the_model(browser, server.base)
             phone_run(browser, server.base, tmp_path)

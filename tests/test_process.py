@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -13,40 +12,20 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.helpers import FLUXSERVE, free_port
+from tests.helpers import LiveServer
 
 pytestmark = pytest.mark.process
 
 SLOW = {"width": 768, "height": 768, "steps": 28}  # ~1.5 s on 2 CPU cores with tiny
 
 
-class Server:
-    """`fluxserve serve` in its own process group, so a test can kill it like a crash."""
+class Server(LiveServer):
+    """`fluxserve serve --model MODEL`, which a test can poll, submit to, crash or stop."""
 
     def __init__(self, model: str, data_dir: Path, log: Path) -> None:
-        self.port = free_port()
         self.data_dir = data_dir
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = log.open("ab")
-        args = [FLUXSERVE, "serve", "--model", model, "--data-dir", str(data_dir)]
-        args += ["--port", str(self.port), "--lease-seconds", "10"]
-        self.proc = subprocess.Popen(
-            args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.http = httpx.Client(base_url=self.base, timeout=10)
-
-    def wait_ready(self, timeout: float = 120) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, "server exited; see its log"
-            try:
-                response = self.http.get("/readyz")
-                if response.status_code == 200:
-                    return response.json()
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("server not ready in time")
+        args = ["--model", model, "--data-dir", str(data_dir), "--lease-seconds", "10"]
+        super().__init__(args, log)
 
     def poll(self, url: str, until, timeout: float = 120) -> dict:
         deadline = time.monotonic() + timeout
@@ -63,26 +42,14 @@ class Server:
         return response.json()
 
     def crash(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
+        self.kill()
         self.close()
 
     def stop(self) -> None:
         """Ctrl-C; the server and its workers must exit cleanly, promptly."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.close()
-                raise AssertionError("the server did not stop within 30 s of SIGINT") from None
-        self.close()
-        assert self.proc.returncode == 0, f"server exited with {self.proc.returncode}"
-
-    def close(self) -> None:
-        self.http.close()
-        self.log.close()
+        code = super().stop()
+        assert code is not None, "the server did not stop within 30 s of SIGINT"
+        assert code == 0, f"server exited with {code}"
 
 
 @pytest.fixture

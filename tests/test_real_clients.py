@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -27,13 +26,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from PIL import Image
 
 from fluxserve.jobs import imageprep
 from fluxserve.specs import MODEL_SPECS
-from tests.helpers import FLUXSERVE, free_port
+from tests.helpers import LiveServer
 
 pytestmark = pytest.mark.process
 
@@ -55,7 +53,7 @@ PROXY_VARIABLES = (
 )
 
 
-class TlsServer:
+class TlsServer(LiveServer):
     """`fluxserve serve --tls-cert --tls-key` on 127.0.0.1, trusted through a test CA."""
 
     def __init__(self, models: list[Path], data_dir: Path, tls_dir: Path) -> None:
@@ -69,59 +67,13 @@ class TlsServer:
             blob.write_to_path(self.cert_file, append=index > 0)
         server_cert.private_key_pem.write_to_path(self.key_file)
 
-        self.port = free_port()
-        self.base = f"https://127.0.0.1:{self.port}"
-        self.log_path = tls_dir / "server.log"
-        self.log = self.log_path.open("ab")
-        args = [FLUXSERVE, "serve", "--data-dir", str(data_dir)]
+        args = ["--data-dir", str(data_dir)]
         for model in models:
             args += ["--model", str(model)]
-        args += ["--port", str(self.port)]
         args += ["--tls-cert", str(self.cert_file), "--tls-key", str(self.key_file)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
-        self.proc = subprocess.Popen(
-            args, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
         verify = ssl.create_default_context(cafile=str(self.ca_file))
-        self.http = httpx.Client(base_url=self.base, verify=verify, timeout=10)
-
-    def log_tail(self, chars: int = 4000) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"the TLS server exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
-            try:
-                response = self.http.get("/readyz")
-                if response.status_code == 200:
-                    return
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            time.sleep(0.1)
-        raise AssertionError(f"GET /readyz over HTTPS not 200 in time ({last}):\n{self.log_tail()}")
-
-    def stop(self) -> int | None:
-        """Ctrl-C; the server must exit promptly. Returns its exit code."""
-        self.http.close()
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGINT)
-                try:
-                    self.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(10)
-                    return None
-            return self.proc.returncode
-        finally:
-            self.log.close()
+        super().__init__(args, tls_dir / "server.log", scheme="https", verify=verify, env=env)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from fluxserve.engine.signals import Flag, Wakeup
 from fluxserve.engine.worker import Outcome, Worker, WorkerOptions
 from fluxserve.errors import ConfigurationError
 from fluxserve.runtime.base import GenerationInputs
-from fluxserve.runtime.diffusers_runner import FluxRunner
 from fluxserve.safety.checks import SafetyChecks
 from fluxserve.safety.classifiers import Classifier
 from fluxserve.safety.policy import SafetyPolicy, refusal_message
@@ -34,7 +33,6 @@ from fluxserve.safety.tolerance import (
 from fluxserve.safety.verdict import Verdict
 from fluxserve.storage.local import LocalStorage
 from fluxserve.store.sqlite import SqliteJobStore
-from fluxserve.weights import resolve_model
 from tests.tiny_aux import make_image_checker, make_text_classifier, shift_unsafe_bias
 
 IMAGE = "image-classification"
@@ -438,13 +436,6 @@ def test_outcome_status():
 
 
 # -- 6. the worker, end to end ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def runner(tiny_model_dir):
-    runner = FluxRunner([resolve_model(str(tiny_model_dir), tiny_model_dir.parent)])
-    runner.load()
-    return runner
 
 
 class Counting:
