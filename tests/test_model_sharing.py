@@ -156,7 +156,7 @@ def test_the_prompt_cache_is_bounded_and_evicts_the_least_recent():
 
     from fluxserve.runtime.prompt_cache import PromptCache
 
-    entry = (torch.zeros(1, 4, 8), torch.zeros(1, 8))  # 160 bytes
+    entry = {"prompt_embeds": torch.zeros(1, 4, 8), "pooled": torch.zeros(1, 8)}  # 160 bytes
     cache = PromptCache(max_bytes=400)
     for key in ("a", "b", "c"):
         cache.get(key, lambda: entry)

@@ -19,6 +19,7 @@ from fluxserve.domain import Job
 from fluxserve.errors import ConfigurationError, DataDirLocked
 from fluxserve.images.inputs import ImageReader
 from fluxserve.jobs.access import Admission, KeyRing
+from fluxserve.jobs.pricing import PriceTable
 from fluxserve.jobs.routing import ModelRouter
 from fluxserve.jobs.service import JobService
 from fluxserve.jobs.webhooks import WebhookBody, WebhookDispatcher
@@ -68,6 +69,7 @@ class Services:
     jobs: JobService = field(init=False)
     keys: KeyRing = field(init=False)
     images: ImageReader = field(init=False)
+    prices: PriceTable = field(init=False)
     started_at: float = field(default_factory=time.time)
     _lock: IO[str] | None = field(default=None, repr=False)
 
@@ -86,6 +88,7 @@ class Services:
             Admission(key_store, self.settings.max_queue),
         )
         self.images = ImageReader(self.settings.image_limits, self.settings.url_policy)
+        self.prices = PriceTable.load(self.settings.price_table)
 
     def start(self) -> None:
         """Recover jobs left running by a previous server, then start the workers."""

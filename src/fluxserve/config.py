@@ -33,9 +33,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLUXSERVE_", extra="forbid")
 
     model: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["flux-schnell"],
+        default_factory=lambda: ["flux2-klein-4b"],
         min_length=1,
-        description="Models to load: a registry name (flux-schnell, flux-dev, tiny), a Hugging "
+        description="Models to load: a registry name (flux2-klein-4b, flux-schnell, flux-dev, "
+        "tiny, ...; `fluxserve models` lists them), a Hugging "
         "Face repo id, or a local diffusers-format directory. Repeat the flag (or separate "
         "with commas) to load several.",
     )
@@ -90,6 +91,11 @@ class Settings(BaseSettings):
     )
     result_url_ttl: int = Field(
         600, ge=1, description="Seconds a signed result-image URL stays valid."
+    )
+    price_table: Path | None = Field(
+        None,
+        description="JSON file of prices in credits per endpoint (first_mp, extra_mp, "
+        "input_mp), for BFL's cost field; default: everything costs 0.",
     )
     metadata_prompt: bool = Field(
         True, description="Write the prompt into the image metadata (off: only model and seed)."

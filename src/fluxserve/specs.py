@@ -25,6 +25,12 @@ class ModelKind(StrEnum):
     TEST = "test"  # random weights; answers every text-to-image endpoint
     KONTEXT = "kontext"  # editing with reference images (FluxKontextPipeline)
     FILL = "fill"  # inpainting / outpainting with a mask (FluxFillPipeline)
+    # FLUX.2: text-to-image and native multi-reference editing in one model.
+    FLUX2_KLEIN = "flux2-klein"  # [klein] 4B / 9B (Flux2KleinPipeline, Qwen3 text encoder)
+    FLUX2_DEV = "flux2-dev"  # [dev] 32B (Flux2Pipeline, Mistral-Small text encoder)
+
+
+FLUX2_KINDS = frozenset({ModelKind.FLUX2_KLEIN, ModelKind.FLUX2_DEV})
 
 
 # The tasks each kind of model can run. Text-to-image models also run image-to-image.
@@ -34,6 +40,8 @@ KIND_TASKS: dict[ModelKind, frozenset[Task]] = {
     ModelKind.TEST: frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE}),
     ModelKind.KONTEXT: frozenset({Task.EDIT}),
     ModelKind.FILL: frozenset({Task.FILL}),
+    ModelKind.FLUX2_KLEIN: frozenset({Task.TEXT_TO_IMAGE, Task.EDIT}),
+    ModelKind.FLUX2_DEV: frozenset({Task.TEXT_TO_IMAGE, Task.EDIT}),
 }
 
 
@@ -54,6 +62,14 @@ class ModelSpec:
     max_area: int = 1440 * 1440
     # Built by fluxserve with random weights: for tests, never real pictures.
     random_weights: bool = False
+    # How many reference images an edit takes (Kontext: 4; FLUX.2 [klein] 4, [dev] 8).
+    max_references: int = 4
+    # FLUX.2: the [klein] size an endpoint asks for ("4b", "9b"; "" for others), and the
+    # parameter count that picks "the largest FLUX.2 model loaded".
+    size_class: str = ""
+    parameters_b: float = 12.0
+    # The text encoder's hidden layers the pipeline stacks; None: the pipeline's default.
+    text_encoder_layers: tuple[int, ...] | None = None
 
     @property
     def tasks(self) -> frozenset[Task]:
@@ -63,6 +79,10 @@ class ModelSpec:
     def builtin(self) -> bool:
         """Built offline by fluxserve (the tiny models) rather than downloaded."""
         return self.source.startswith("builtin:")
+
+    @property
+    def is_flux2(self) -> bool:
+        return self.kind in FLUX2_KINDS
 
     @property
     def uses_guidance(self) -> bool:
@@ -85,6 +105,32 @@ class ModelSpec:
 
 
 DEV_LICENCE = "flux-1-dev-non-commercial (gated: accept it on the Hub, then `hf auth login`)"
+FLUX2_NC_LICENCE = "flux-non-commercial (gated: accept it on the Hub, then `hf auth login`)"
+FLUX2_DEV_LICENCE = "flux-2-dev-non-commercial (gated: accept it on the Hub, then `hf auth login`)"
+FOUR_MP = 2048 * 2048  # FLUX.2's largest output ("up to 4 MP")
+
+
+def _klein(name: str, source: str, size: str, base: bool, licence: str) -> ModelSpec:
+    """A FLUX.2 [klein] entry: distilled (4 steps, no guidance) or base (50 steps, CFG)."""
+    params = {"4b": 4.0, "9b": 9.0}[size]
+    what = "base (undistilled, CFG)" if base else "distilled to 4 steps"
+    return ModelSpec(
+        name=name,
+        source=source,
+        kind=ModelKind.FLUX2_KLEIN,
+        default_steps=50 if base else 4,
+        max_steps=50,
+        default_guidance=4.0 if base else None,
+        max_sequence_length=512,
+        licence=licence,
+        description=f"FLUX.2 [klein] {size.upper()} {what}: text-to-image and editing "
+        "with up to 4 reference images",
+        max_area=FOUR_MP,
+        max_references=4,
+        size_class=size,
+        parameters_b=params,
+    )
+
 
 MODEL_SPECS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -133,6 +179,39 @@ MODEL_SPECS: dict[str, ModelSpec] = {
             licence=DEV_LICENCE,
             description="FLUX.1 Fill [dev]: inpainting and outpainting with a mask",
         ),
+        _klein("flux2-klein-4b", "black-forest-labs/FLUX.2-klein-4B", "4b", False, "apache-2.0"),
+        _klein(
+            "flux2-klein-base-4b",
+            "black-forest-labs/FLUX.2-klein-base-4B",
+            "4b",
+            True,
+            "apache-2.0",
+        ),  # fmt: skip
+        _klein(
+            "flux2-klein-9b", "black-forest-labs/FLUX.2-klein-9B", "9b", False, FLUX2_NC_LICENCE
+        ),
+        _klein(
+            "flux2-klein-base-9b",
+            "black-forest-labs/FLUX.2-klein-base-9B",
+            "9b",
+            True,
+            FLUX2_NC_LICENCE,
+        ),  # fmt: skip
+        ModelSpec(
+            name="flux2-dev",
+            source="black-forest-labs/FLUX.2-dev",
+            kind=ModelKind.FLUX2_DEV,
+            default_steps=50,
+            max_steps=50,
+            default_guidance=4.0,
+            max_sequence_length=512,
+            licence=FLUX2_DEV_LICENCE,
+            description="FLUX.2 [dev] 32B: text-to-image and editing with up to 8 reference "
+            "images (Mistral-Small 24B text encoder)",
+            max_area=FOUR_MP,
+            max_references=8,
+            parameters_b=32.0,
+        ),
         *(
             ModelSpec(
                 name=name,
@@ -152,6 +231,29 @@ MODEL_SPECS: dict[str, ModelSpec] = {
                 ("tiny", ModelKind.TEST, "FLUX.1 structure"),
                 ("tiny-kontext", ModelKind.KONTEXT, "FLUX.1 Kontext structure"),
                 ("tiny-fill", ModelKind.FILL, "FLUX.1 Fill structure"),
+            )
+        ),
+        *(
+            ModelSpec(
+                name=name,
+                source=f"builtin:{name}",
+                kind=kind,
+                default_steps=4,
+                max_steps=50,
+                default_guidance=guidance,
+                max_sequence_length=64,  # short prompts keep the tiny encoders fast
+                licence="apache-2.0",
+                description=f"{what}, tiny, random weights: makes noise, for tests",
+                base_area=256 * 256,
+                max_area=FOUR_MP,
+                random_weights=True,
+                max_references=references,
+                parameters_b=0.0,
+                text_encoder_layers=(1, 2),
+            )
+            for name, kind, guidance, references, what in (
+                ("tiny-flux2", ModelKind.FLUX2_KLEIN, None, 4, "FLUX.2 [klein] structure"),
+                ("tiny-flux2-dev", ModelKind.FLUX2_DEV, 4.0, 8, "FLUX.2 [dev] structure"),
             )
         ),
     )
@@ -175,7 +277,10 @@ def infer_spec(name: str, model_dir: Path | None) -> ModelSpec:
     if model_dir is not None and (model_dir / TINY_MARKER).exists():
         variant = json.loads((model_dir / TINY_MARKER).read_text()).get("model", "tiny")
         return replace(MODEL_SPECS.get(variant, MODEL_SPECS["tiny"]), name=name, source=source)
-    pipeline_class = _read_json(model_dir, "model_index.json").get("_class_name", "")
+    index = _read_json(model_dir, "model_index.json")
+    pipeline_class = index.get("_class_name", "")
+    if pipeline_class == "Flux2KleinPipeline":
+        return replace(MODEL_SPECS[_klein_name(model_dir, index)], name=name, source=source)
     if pipeline_class in PIPELINE_CLASS_SPECS:
         return replace(MODEL_SPECS[PIPELINE_CLASS_SPECS[pipeline_class]], name=name, source=source)
     guidance_embeds = "schnell" not in name.lower()
@@ -188,7 +293,17 @@ def infer_spec(name: str, model_dir: Path | None) -> ModelSpec:
 PIPELINE_CLASS_SPECS = {
     "FluxKontextPipeline": "flux-kontext-dev",
     "FluxFillPipeline": "flux-fill-dev",
+    "Flux2Pipeline": "flux2-dev",
 }
+# [klein] 9B's transformer is wider than 4B's (32 heads of 128 against 24): the width tells
+# a local [klein] directory's size, and the pipeline's is_distilled its schedule.
+KLEIN_9B_MIN_HEADS = 32
+
+
+def _klein_name(model_dir: Path | None, index: dict) -> str:
+    heads = _read_json(model_dir, "transformer/config.json").get("num_attention_heads", 24)
+    size = "9b" if heads >= KLEIN_9B_MIN_HEADS else "4b"
+    return f"flux2-klein-{size}" if index.get("is_distilled", True) else f"flux2-klein-base-{size}"
 
 
 def _read_json(model_dir: Path | None, relative: str) -> dict:

@@ -18,6 +18,7 @@ from fluxserve.cli.bench import add_bench_parser  # torch-free
 from fluxserve.cli.keys import add_keys_parser
 from fluxserve.config import Settings
 from fluxserve.errors import FluxserveError
+from fluxserve.specs import MODEL_SPECS
 
 
 def _settings_flags(parser: argparse.ArgumentParser, *names: str) -> None:
@@ -37,7 +38,8 @@ def _settings_flags(parser: argparse.ArgumentParser, *names: str) -> None:
 
 
 # Settings a worker has no use for: it serves no HTTP.
-HTTP_ONLY = {"host", "port", "tls_cert", "tls_key", "public_url", "alias", "worker"}
+HTTP_ONLY = {"host", "port", "tls_cert", "tls_key", "public_url", "alias", "worker",
+             "price_table"}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     make_tiny.add_argument("directory", type=Path)
     make_tiny.add_argument(
         "--variant",
-        choices=["tiny", "tiny-kontext", "tiny-fill"],
+        choices=[spec.name for spec in MODEL_SPECS.values() if spec.builtin],
         default="tiny",
-        help="Which pipeline: text-to-image (tiny), Kontext editing or Fill.",
+        help="Which structure: FLUX.1 text-to-image (tiny), Kontext editing, Fill, FLUX.2 "
+        "[klein] (tiny-flux2) or FLUX.2 [dev] (tiny-flux2-dev).",
     )
 
     status = commands.add_parser(

@@ -21,16 +21,17 @@ def cached_repos() -> set[str]:
 
 def list_models(settings: Settings) -> None:
     cached = cached_repos()
-    print(f"{'NAME':<14} {'SOURCE':<36} {'STEPS':<7} {'CACHED':<7} DESCRIPTION")
+    print(f"{'NAME':<20} {'SOURCE':<39} {'STEPS':<6} {'CACHED':<7} {'LICENCE':<27} DESCRIPTION")
     for spec in MODEL_SPECS.values():
         if spec.builtin:
             here = (settings.models_dir / spec.name / "model_index.json").exists()
         else:
             here = spec.source in cached
         steps = f"{spec.default_steps}/{spec.max_steps}"
+        licence = spec.licence.split(" (")[0]  # the gating advice is in the README
         print(
-            f"{spec.name:<14} {spec.source:<36} {steps:<7} {'yes' if here else 'no':<7} "
-            f"{spec.description}"
+            f"{spec.name:<20} {spec.source:<39} {steps:<6} {'yes' if here else 'no':<7} "
+            f"{licence:<27} {spec.description}"
         )
     others = sorted(cached - {s.source for s in MODEL_SPECS.values()})
     if others:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
+from fluxserve.domain import Task
 from fluxserve.errors import InvalidRequest
 from fluxserve.images import ops as imageops
-from fluxserve.images.sizing import fit_size, parse_aspect_ratio, size_for_aspect
+from fluxserve.images.sizing import GRID, fit_size, parse_aspect_ratio, size_for_aspect
 from fluxserve.specs import ModelSpec
 
 RESAMPLE = Image.Resampling.LANCZOS
@@ -35,6 +36,10 @@ class Prepared:
         """``(images, mask)``, as JobService.submit takes them."""
         return self.images, self.mask
 
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        """Each stored image's (width, height): the request's ``reference_sizes``."""
+        return tuple(image.size for image in self.images)
+
 
 def edit_size(spec: ModelSpec, aspect_ratio: str | None, references: list[Image.Image],
               field_name: str = "aspect_ratio") -> tuple[int, int]:  # fmt: skip
@@ -50,11 +55,26 @@ def edit_size(spec: ModelSpec, aspect_ratio: str | None, references: list[Image.
     return size_for_aspect(ratio, spec.base_area)
 
 
-def prepare_edit(spec: ModelSpec, references: list[Image.Image], width: int, height: int
-                 ) -> Prepared:  # fmt: skip
-    """Kontext: references scaled down to fit the model's largest working size."""
+def prepare_edit(spec: ModelSpec, references: list[Image.Image], width: int, height: int,
+                 names: list[str] | None = None) -> Prepared:  # fmt: skip
+    """An edit's references: scaled down to fit Kontext's largest working size, or checked
+    and scaled as FLUX.2 reads them (``names``: their fields, for errors)."""
+    if spec.is_flux2:
+        names = names or reference_names("input_image", len(references))
+        return prepare_references(spec, references, names, width, height)
     scaled = [_fit(image, spec.max_area) for image in references]
     return Prepared(width, height, scaled)
+
+
+def edit_task(spec: ModelSpec, prepared: Prepared) -> Task:
+    """A FLUX.2 "edit" without references is plain text-to-image (and may share a batch);
+    Kontext draws from text through its own pipeline."""
+    return Task.EDIT if prepared.images or not spec.is_flux2 else Task.TEXT_TO_IMAGE
+
+
+def reference_names(first: str, count: int) -> list[str]:
+    """BFL's field names: ``input_image``, ``input_image_2``, ..."""
+    return [first, *(f"{first}_{i}" for i in range(2, count + 1))][:count]
 
 
 def prepare_fill(spec: ModelSpec, image: Image.Image, mask: Image.Image | None,
@@ -115,3 +135,69 @@ def _fit(image: Image.Image, max_area: int) -> Image.Image:
     if width * height <= max_area:
         return image
     return image.resize(fit_size(width, height, max_area), RESAMPLE)
+
+
+# -- FLUX.2 ----------------------------------------------------------------------------------
+
+# FLUX.2's pipelines scale each reference to at most 1 MP and refuse one under 64 pixels a
+# side or longer than 8:1; they are stored at that size, and refused here with the field.
+REFERENCE_AREA = 1024 * 1024
+MIN_SIDE = 64
+MAX_REFERENCE_RATIO = 8
+
+
+def flux2_size(spec: ModelSpec, width: int | None, height: int | None,
+               references: list[Image.Image], fields: tuple[str, str] = ("width", "height"),
+               ) -> tuple[int, int]:  # fmt: skip
+    """A FLUX.2 output size: ``width`` x ``height`` when given (at least 64, on the 16-pixel
+    grid, at most the model's area); absent or 0, the first reference's shape on the grid
+    (scaled down to fit), else the model's default square."""
+    if not width and not height:
+        if references:
+            return input_size(spec, references[0])
+        return size_for_aspect(1.0, spec.base_area)
+    for name, value in zip(fields, (width, height), strict=True):
+        if not value:
+            raise InvalidRequest(name, f"give both {fields[0]} and {fields[1]}, or neither")
+        if value < MIN_SIDE or value % GRID:
+            raise InvalidRequest(
+                name, f"{name} must be at least {MIN_SIDE} and a multiple of {GRID}, got {value}",
+                value,
+            )  # fmt: skip
+    if width * height > spec.max_area:  # type: ignore[operator]  # both checked above
+        raise InvalidRequest(
+            fields[0],
+            f"{width}x{height} is {width * height / 1e6:.1f} MP; {spec.name} makes at most "
+            f"{spec.max_area / 1e6:.1f} MP",
+            width,
+        )
+    return width, height
+
+
+def check_reference_count(spec: ModelSpec, names: list[str]) -> None:
+    """InvalidRequest, naming the first reference too many, when ``spec`` takes fewer
+    than ``names`` (call it before fetching or decoding any)."""
+    if len(names) > spec.max_references:
+        raise InvalidRequest(
+            names[spec.max_references],
+            f"{spec.name} takes at most {spec.max_references} reference images, got {len(names)}",
+            len(names),
+        )
+
+
+def prepare_references(spec: ModelSpec, references: list[Image.Image], names: list[str],
+                       width: int, height: int) -> Prepared:  # fmt: skip
+    """FLUX.2 edits: each reference checked and scaled to at most 1 MP, as the pipeline
+    would, so nothing larger is stored or sent to a worker."""
+    check_reference_count(spec, names)
+    scaled = []
+    for image, name in zip(references, names, strict=True):
+        w, h = image.size
+        if min(w, h) < MIN_SIDE:
+            raise InvalidRequest(name, f"{name} is {w}x{h}; each side must be at least {MIN_SIDE}")
+        if max(w, h) / min(w, h) > MAX_REFERENCE_RATIO:
+            raise InvalidRequest(
+                name, f"{name} is {w}x{h}; it may be at most {MAX_REFERENCE_RATIO}:1 long"
+            )
+        scaled.append(_fit(image.convert("RGB"), REFERENCE_AREA))
+    return Prepared(width, height, scaled)

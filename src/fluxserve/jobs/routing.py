@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fluxserve.errors import ConfigurationError, ModelNotAvailable
-from fluxserve.specs import ModelKind, ModelSpec
+from fluxserve.specs import FLUX2_KINDS, ModelKind, ModelSpec
 
 # The kind of model each endpoint name stands for. The pro names are the hosted quality
 # tier, served by a guidance-distilled (dev-kind) model unless the operator maps them
@@ -32,12 +32,60 @@ ENDPOINT_KINDS: dict[str, ModelKind] = {
     "fal-ai/flux-pro/kontext/text-to-image": ModelKind.KONTEXT,
     "fal-ai/flux-pro/kontext/max/text-to-image": ModelKind.KONTEXT,
     "fal-ai/flux-pro/v1/fill": ModelKind.FILL,
+    # FLUX.2. The hosted pro, max and flex are served by [dev] (else the largest FLUX.2
+    # model loaded); the [klein] names want that [klein] size.
+    **dict.fromkeys(
+        [
+            "flux-2-pro",
+            "flux-2-pro-preview",
+            "flux-2-max",
+            "flux-2-flex",
+            "fal-ai/flux-2",
+            "fal-ai/flux-2/edit",
+            "fal-ai/flux-2-pro",
+            "fal-ai/flux-2-pro/edit",
+            "fal-ai/flux-2-flex",
+            "fal-ai/flux-2-flex/edit",
+            "fal-ai/flux-2-max",
+            "fal-ai/flux-2-max/edit",
+        ],
+        ModelKind.FLUX2_DEV,
+    ),  # fmt: skip
+    **dict.fromkeys(
+        [
+            "flux-2-klein-4b",
+            "flux-2-klein-9b",
+            "flux-2-klein-9b-preview",
+            *(
+                f"fal-ai/flux-2/klein/{size}{base}{edit}"
+                for size in ("4b", "9b")
+                for base in ("", "/base")
+                for edit in ("", "/edit")
+            ),
+        ],
+        ModelKind.FLUX2_KLEIN,
+    ),  # fmt: skip
 }
+# The [klein] size each [klein] endpoint wants; fal's ``/base`` ids want the undistilled model.
+KLEIN_SIZES: dict[str, str] = {
+    name: "9b" if "9b" in name else "4b"
+    for name, kind in ENDPOINT_KINDS.items()
+    if kind is ModelKind.FLUX2_KLEIN
+}
+WANTS_BASE = frozenset(name for name in KLEIN_SIZES if "/base" in name)
+# Endpoints a FLUX.2 model serves when no model of their own kind is loaded: the
+# Kontext edits (FLUX.2 edits natively) and the FLUX.2 [dev]-kind names.
+FLUX2_STANDS_IN = frozenset(
+    name for name, kind in ENDPOINT_KINDS.items()
+    if kind in (ModelKind.KONTEXT, ModelKind.FLUX2_DEV)
+)  # fmt: skip
 # Kinds the tiny test model stands in for when no model of the kind is loaded.
 TEST_STANDS_IN_FOR = (ModelKind.DEV, ModelKind.SCHNELL, None)
 KIND_EXAMPLES: dict[ModelKind, str] = {
     ModelKind.KONTEXT: "a Kontext model such as flux-kontext-dev (or tiny-kontext)",
     ModelKind.FILL: "a Fill model such as flux-fill-dev (or tiny-fill)",
+    ModelKind.FLUX2_KLEIN: "a FLUX.2 [klein] model such as flux2-klein-4b (or tiny-flux2)",
+    ModelKind.FLUX2_DEV: "a FLUX.2 model such as flux2-dev or flux2-klein-4b (or tiny-flux2-dev)",
 }
 
 
@@ -56,15 +104,25 @@ class ModelRouter:
         """The spec of the model serving ``endpoint``; ModelNotAvailable when none does.
 
         Order: an operator alias, a model of that name, a model of the endpoint's kind,
-        then (text-to-image endpoints only) the tiny test model.
+        then (text-to-image endpoints only) the tiny test model. FLUX.2: a [klein] name
+        wants that [klein] size; the other FLUX.2 names (and Kontext's, when no Kontext
+        model is loaded) take [dev], else the largest FLUX.2 model; real weights before
+        tiny ones.
         """
         if endpoint in self.aliases:
             return self.models[self.aliases[endpoint]]
         if endpoint in self.models:
             return self.models[endpoint]
         kind = ENDPOINT_KINDS.get(endpoint)
-        wanted = [kind, ModelKind.TEST] if kind in TEST_STANDS_IN_FOR else [kind]
-        found = self.first_of_kind(*wanted)
+        if kind is ModelKind.FLUX2_KLEIN:
+            found = self._klein(KLEIN_SIZES[endpoint], endpoint in WANTS_BASE)
+        elif kind is ModelKind.FLUX2_DEV:
+            found = self.largest_flux2()
+        else:
+            wanted = [kind, ModelKind.TEST] if kind in TEST_STANDS_IN_FOR else [kind]
+            found = self.first_of_kind(*wanted)
+        if found is None and endpoint in FLUX2_STANDS_IN:
+            found = self.largest_flux2()
         if found is not None:
             return found
         needs = f" (it needs {KIND_EXAMPLES[kind]})" if kind in KIND_EXAMPLES else ""
@@ -81,6 +139,23 @@ class ModelRouter:
                 if kind is not None and spec.kind is kind:
                     return spec
         return None
+
+    def _klein(self, size: str, base: bool) -> ModelSpec | None:
+        """The [klein] model of ``size`` (distilled first, or base first for fal's
+        ``/base`` ids); a tiny [klein] stands in when none of that size is loaded."""
+        kleins = [s for s in self.models.values() if s.kind is ModelKind.FLUX2_KLEIN]
+        sized = [s for s in kleins if s.size_class == size and not s.random_weights]
+        sized.sort(key=lambda s: s.uses_guidance != base)  # stable: load order breaks ties
+        stand_ins = [s for s in kleins if s.random_weights]
+        return next(iter(sized + stand_ins), None)
+
+    def largest_flux2(self) -> ModelSpec | None:
+        """A real FLUX.2 model before a tiny one; of those, [dev] first, then the one
+        with the most parameters."""
+        flux2 = [s for s in self.models.values() if s.kind in FLUX2_KINDS]
+        dev = ModelKind.FLUX2_DEV
+        flux2.sort(key=lambda s: (s.random_weights, s.kind is not dev, -s.parameters_b))
+        return next(iter(flux2), None)
 
     def table(self) -> dict[str, str | None]:
         """Every known endpoint with the model that serves it (None: not served)."""

@@ -16,6 +16,8 @@ import torch
 import transformers
 from diffusers import (
     DiffusionPipeline,
+    Flux2KleinPipeline,
+    Flux2Pipeline,
     FluxFillPipeline,
     FluxImg2ImgPipeline,
     FluxKontextPipeline,
@@ -27,6 +29,7 @@ from fluxserve.domain import GenerationRequest, Task
 from fluxserve.errors import GenerationCancelled, ModelLoadError
 from fluxserve.images.ops import reference_sheet
 from fluxserve.images.sizing import size_for_aspect
+from fluxserve.runtime import text_encoding
 from fluxserve.runtime.base import GenerationInputs, OnStep, ShouldStop
 from fluxserve.runtime.device import configure_threads, pick_device, pick_dtype
 from fluxserve.runtime.memory import (
@@ -47,7 +50,7 @@ from fluxserve.runtime.tiers import (
     job_tier,
     plan_tier,
 )
-from fluxserve.specs import ModelKind
+from fluxserve.specs import ModelKind, ModelSpec
 from fluxserve.weights import ResolvedModel, component_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -55,6 +58,8 @@ logger = logging.getLogger(__name__)
 PIPELINE_CLASSES: dict[ModelKind, type[DiffusionPipeline]] = {
     ModelKind.KONTEXT: FluxKontextPipeline,
     ModelKind.FILL: FluxFillPipeline,
+    ModelKind.FLUX2_KLEIN: Flux2KleinPipeline,
+    ModelKind.FLUX2_DEV: Flux2Pipeline,
 }
 SHAREABLE = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 
@@ -282,21 +287,12 @@ class FluxRunner:
         # Noise from a seeded CPU generator: the same seed gives the same image on any device.
         generator = torch.Generator("cpu").manual_seed(request.seed)
         arguments = {
-            **self._prompt_arguments(
-                pipeline, request.prompt, spec.max_sequence_length, request.num_images
-            ),  # fmt: skip
-            "width": request.width,
-            "height": request.height,
-            "num_inference_steps": request.steps,
-            # schnell ignores guidance; the pipeline needs a number anyway.
-            "guidance_scale": request.guidance if request.guidance is not None else 0.0,
-            "max_sequence_length": spec.max_sequence_length,
+            **self._prompt_arguments(pipeline, spec, request.prompt, request.num_images),
+            **loop_arguments(request, spec),
             "generator": generator,
             "callback_on_step_end": step_end,
         }
-        arguments.update(task_arguments(request, inputs, random_weights=spec.random_weights))
-        if spec.kind is ModelKind.KONTEXT:
-            arguments.update(kontext_area(request))
+        arguments.update(task_arguments(request, inputs, spec))
         with torch.inference_mode():
             output = pipeline(**arguments)
         if step_end.cancelled:
@@ -320,28 +316,20 @@ class FluxRunner:
         self._use_tier(first, pipeline)  # the tier is part of the batch key
         step_end = StepCallback(on_step, should_stop, first.steps)
 
-        prompts = [
-            self._prompt_arguments(pipeline, r.prompt, spec.max_sequence_length, 1)
-            for r in requests
-        ]
+        prompts = [self._prompt_arguments(pipeline, spec, r.prompt, 1) for r in requests]
         if "prompt" in prompts[0]:  # no cache: the pipeline encodes the list itself
             texts: dict[str, Any] = {"prompt": [r.prompt for r in requests]}
         else:
-            texts = {
-                "prompt_embeds": torch.cat([p["prompt_embeds"] for p in prompts]),
-                "pooled_prompt_embeds": torch.cat([p["pooled_prompt_embeds"] for p in prompts]),
-            }
+            texts = text_encoding.concatenate(
+                [{k: v for k, v in p.items() if k != "num_images_per_prompt"} for p in prompts]
+            )
         # A generator per image: image i's noise is exactly its solo noise.
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in requests]
         with torch.inference_mode():
             output = pipeline(
                 **texts,
+                **loop_arguments(first, spec),
                 num_images_per_prompt=1,
-                width=first.width,
-                height=first.height,
-                num_inference_steps=first.steps,
-                guidance_scale=first.guidance if first.guidance is not None else 0.0,
-                max_sequence_length=spec.max_sequence_length,
                 generator=generators,
                 callback_on_step_end=step_end,
                 **(kontext_area(first) if spec.kind is ModelKind.KONTEXT else {}),
@@ -351,48 +339,63 @@ class FluxRunner:
         return list(output.images)
 
     def _prompt_arguments(
-        self, pipeline: Any, prompt: str, max_sequence_length: int, num_images: int
+        self, pipeline: Any, spec: ModelSpec, prompt: str, num_images: int
     ) -> dict[str, Any]:
         """The prompt, or its embeddings from the cache (computed once per prompt)."""
         if self.prompt_cache is None:
             # One batch of ``num_images``, all noise drawn from the request's one seed.
             return {"prompt": prompt, "num_images_per_prompt": num_images}
-        key = (id(pipeline.text_encoder), id(pipeline.text_encoder_2), prompt,
-               max_sequence_length)  # fmt: skip
-
-        def encode() -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.inference_mode():
-                embeds, pooled, _ = pipeline.encode_prompt(
-                    prompt=prompt,
-                    prompt_2=None,
-                    device=pipeline._execution_device,
-                    num_images_per_prompt=1,
-                    max_sequence_length=max_sequence_length,
-                )
-            return embeds, pooled
-
-        embeds, pooled = self.prompt_cache.get(key, encode)
+        embeddings = self._cached_embeddings(pipeline, spec, prompt)
+        if text_encoding.uses_negative_prompt(pipeline):
+            # The pipeline would encode the empty prompt once for the whole batch; given
+            # here, it is one per image like the prompt's.
+            negative = self._cached_embeddings(pipeline, spec, "")
+            embeddings = {**embeddings, **text_encoding.negative_name(negative)}
         # The batch of ``num_images`` as the pipeline would build it: the same embeddings
         # repeated, and the noise of all images drawn from the one seeded generator.
-        return {
-            "prompt_embeds": embeds.repeat(num_images, 1, 1),
-            "pooled_prompt_embeds": pooled.repeat(num_images, 1),
-            "num_images_per_prompt": 1,
-        }
+        return {**text_encoding.repeat(embeddings, num_images), "num_images_per_prompt": 1}
+
+    def _cached_embeddings(self, pipeline: Any, spec: ModelSpec, prompt: str) -> dict:
+        assert self.prompt_cache is not None
+        encoders = (id(pipeline.text_encoder), id(getattr(pipeline, "text_encoder_2", None)))
+        key = (*encoders, prompt, spec.max_sequence_length, spec.text_encoder_layers)
+        return self.prompt_cache.get(key, lambda: text_encoding.encode(pipeline, spec, prompt))
+
+
+def loop_arguments(request: GenerationRequest, spec: ModelSpec) -> dict[str, Any]:
+    """The denoising loop's arguments: size, steps, guidance, sequence length."""
+    # Models without a guidance input ignore it; the pipeline needs a number anyway (1.0
+    # keeps [klein]'s distilled models from warning that it is ignored).
+    unused = 1.0 if spec.is_flux2 else 0.0
+    return {
+        "width": request.width,
+        "height": request.height,
+        "num_inference_steps": request.steps,
+        "guidance_scale": request.guidance if request.guidance is not None else unused,
+        "max_sequence_length": spec.max_sequence_length,
+        **text_encoding.layer_arguments(spec),
+    }
 
 
 def task_arguments(
-    request: GenerationRequest, inputs: GenerationInputs, random_weights: bool
+    request: GenerationRequest, inputs: GenerationInputs, spec: ModelSpec
 ) -> dict[str, Any]:
     """The pipeline arguments a task adds to text-to-image's."""
     if request.task is Task.IMAGE_TO_IMAGE:
         return {"image": inputs.images[0].convert("RGB"), "strength": request.strength}
     if request.task is Task.FILL:
         return {"image": inputs.images[0].convert("RGB"), "mask_image": inputs.mask}
-    if request.task is Task.EDIT and inputs.images:
+    if request.task is Task.EDIT and spec.is_flux2:
+        # FLUX.2 reads every reference natively: a list, each its own tokens.
+        return {"image": [image.convert("RGB") for image in inputs.images] or None}
+    if request.task is Task.EDIT:
+        kontext = kontext_area(request)
+        if not inputs.images:
+            return kontext
         # Real Kontext weights work best with references at their trained resolutions;
         # the tiny models keep references small so tests stay fast.
-        return {"image": reference_sheet(inputs.images), "_auto_resize": not random_weights}
+        sheet = reference_sheet(inputs.images)
+        return {**kontext, "image": sheet, "_auto_resize": not spec.random_weights}
     return {}
 
 

@@ -1,6 +1,8 @@
-"""Prompt-embedding cache: a repeated prompt skips the text encoders (T5-XXL and CLIP).
+"""Prompt-embedding cache: a repeated prompt skips the text encoders (T5-XXL and CLIP;
+FLUX.2's Qwen3 or Mistral-Small).
 
-An LRU of (T5 sequence, CLIP pooled) embeddings bounded by bytes, on the worker's device.
+An LRU of embeddings by name (text_encoding.Embeddings) bounded by bytes, on the worker's
+device.
 Keys name the text encoders by identity, so models that share their encoders (the FLUX.1
 family, loaded once by the runner) share their cache entries too. Embeddings are a pure
 function of the prompt, so a hit gives exactly the tensors a miss would compute.
@@ -13,11 +15,11 @@ from collections.abc import Callable, Hashable
 
 import torch
 
-Embeddings = tuple[torch.Tensor, torch.Tensor]
+Embeddings = dict[str, torch.Tensor]
 
 
 def _nbytes(embeddings: Embeddings) -> int:
-    return sum(t.numel() * t.element_size() for t in embeddings)
+    return sum(t.numel() * t.element_size() for t in embeddings.values())
 
 
 class PromptCache:

@@ -1,4 +1,5 @@
-"""The tiny models: FLUX.1's structures at tiny sizes, random weights, built offline.
+"""The tiny models: FLUX.1's structures at tiny sizes, random weights, built offline
+(FLUX.2's are in tiny_flux2.py; ``make_tiny`` writes either).
 
 ``tiny`` is FLUX.1 [dev] (FluxPipeline), ``tiny-kontext`` FLUX.1 Kontext
 (FluxKontextPipeline) and ``tiny-fill`` FLUX.1 Fill (FluxFillPipeline, whose transformer
@@ -172,6 +173,23 @@ def build_tiny_pipeline(variant: str = "tiny"):
     )
 
 
+def build_variant(variant: str):
+    """Any tiny model by name: FLUX.1's here, FLUX.2's in tiny_flux2."""
+    from fluxserve.runtime import tiny_flux2  # it builds on this module's tokenizer table
+
+    if variant in tiny_flux2.VARIANTS:
+        return tiny_flux2.build_tiny_flux2_pipeline(variant)
+    if variant not in VARIANTS:
+        raise ValueError(f"no tiny model {variant!r}; choose from {', '.join(tiny_variants())}")
+    return build_tiny_pipeline(variant)
+
+
+def tiny_variants() -> list[str]:
+    from fluxserve.runtime import tiny_flux2
+
+    return [*VARIANTS, *tiny_flux2.VARIANTS]
+
+
 def make_tiny(directory: Path, variant: str = "tiny") -> Path:
     """Write the tiny model ``variant`` to ``directory`` as a diffusers-format checkpoint.
 
@@ -185,7 +203,7 @@ def make_tiny(directory: Path, variant: str = "tiny") -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=directory.parent))
     diffusers.utils.logging.disable_progress_bar()
     try:
-        build_tiny_pipeline(variant).save_pretrained(staging)
+        build_variant(variant).save_pretrained(staging)
         (staging / MARKER).write_text(
             json.dumps({"model": variant, "note": "random weights; images are noise"})
         )

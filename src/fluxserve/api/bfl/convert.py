@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
+
+from PIL import Image
 
 from fluxserve.api.bfl.protocol import (
     AsyncResponse,
+    Flux2FlexInputs,
     FluxKontextProInputs,
     FluxProExpandInputs,
     FluxProFillInputs,
     ResultResponse,
     _CommonInputs,
+    _Flux2Common,
     _Inputs,
 )
 from fluxserve.domain import (
@@ -27,6 +32,7 @@ from fluxserve.domain import (
 from fluxserve.images.inputs import ImageReader
 from fluxserve.jobs import imageprep
 from fluxserve.jobs.imageprep import Prepared
+from fluxserve.jobs.pricing import PriceTable
 from fluxserve.jobs.service import JobService, Submission
 from fluxserve.specs import ModelSpec
 
@@ -68,6 +74,27 @@ def to_generation_request(endpoint: str, inputs: _Inputs, spec: ModelSpec) -> Ge
     )
 
 
+# A dialect route's request builder: (endpoint, inputs, model, image reader) -> the domain
+# request and its prepared input images (None: none).
+Builder = Callable[[str, Any, ModelSpec, ImageReader], tuple[GenerationRequest, Prepared | None]]
+
+
+def text_to_image_request(
+    endpoint: str, inputs: _Inputs, spec: ModelSpec, reader: ImageReader
+) -> tuple[GenerationRequest, Prepared | None]:
+    """The FLUX.1 text-to-image routes (and ``/v1/{model}``): the fields, plus
+    ``image_prompt`` as a start image, or on a FLUX.2 model as its reference image."""
+    request = to_generation_request(endpoint, inputs, spec)
+    if spec.is_flux2 and inputs.image_prompt is not None:
+        image = reader.open(inputs.image_prompt, "image_prompt")
+        prepared = imageprep.prepare_edit(
+            spec, [image], request.width, request.height, ["image_prompt"]
+        )
+        edit = {"task": Task.EDIT, "reference_sizes": prepared.sizes()}
+        return dataclasses.replace(request, **edit), prepared
+    return with_image_prompt(request, inputs, reader)
+
+
 def with_image_prompt(
     request: GenerationRequest, inputs: _Inputs, reader: ImageReader
 ) -> tuple[GenerationRequest, Prepared | None]:
@@ -96,18 +123,61 @@ def _common(endpoint: str, inputs: _CommonInputs, spec: ModelSpec, default_forma
 def kontext_request(
     endpoint: str, inputs: FluxKontextProInputs, spec: ModelSpec, reader: ImageReader
 ) -> tuple[GenerationRequest, Prepared]:
-    """Kontext: edit the input image(s) as the prompt says, or draw from text alone."""
-    references = [reader.open(value, name) for name, value in inputs.references()]
+    """Kontext: edit the input image(s) as the prompt says, or draw from text alone (on a
+    Kontext model, or natively on a FLUX.2 one)."""
+    names, references = _references(inputs, spec, reader)
     width, height = imageprep.edit_size(spec, inputs.aspect_ratio, references)
-    prepared = imageprep.prepare_edit(spec, references, width, height)
+    prepared = imageprep.prepare_edit(spec, references, width, height, names)
     request = GenerationRequest(
         prompt=inputs.prompt,
         width=width,
         height=height,
         steps=spec.effective_steps(None),
         guidance=spec.effective_guidance(None),
-        task=Task.EDIT,
+        task=imageprep.edit_task(spec, prepared),
+        reference_sizes=prepared.sizes(),
         **_common(endpoint, inputs, spec, "png"),
+    )
+    return request, prepared
+
+
+def _references(
+    inputs: FluxKontextProInputs | _Flux2Common, spec: ModelSpec, reader: ImageReader
+) -> tuple[list[str], list[Image.Image]]:
+    """The reference images' field names and images, counted before any is fetched."""
+    named = inputs.references()
+    names = [name for name, _ in named]
+    imageprep.check_reference_count(spec, names)
+    return names, [reader.open(value, name) for name, value in named]
+
+
+# BFL's FLUX.2 [flex] defaults, for a model that takes guidance; a step-distilled model
+# keeps its own (50 steps would only cost time).
+FLEX_STEPS, FLEX_GUIDANCE = 50, 5.0
+
+
+def flux2_request(
+    endpoint: str, inputs: _Flux2Common, spec: ModelSpec, reader: ImageReader
+) -> tuple[GenerationRequest, Prepared]:
+    """FLUX.2: text-to-image, or an edit of up to 8 (4 on [klein]) reference images read
+    natively by the model; the size is given, else the first reference's, else square."""
+    names, references = _references(inputs, spec, reader)
+    width, height = imageprep.flux2_size(spec, inputs.width, inputs.height, references)
+    prepared = imageprep.prepare_edit(spec, references, width, height, names)
+    steps = getattr(inputs, "steps", None)
+    guidance = getattr(inputs, "guidance", None)
+    if isinstance(inputs, Flux2FlexInputs) and spec.uses_guidance:
+        steps = steps or min(FLEX_STEPS, spec.max_steps)
+        guidance = guidance if guidance is not None else FLEX_GUIDANCE
+    request = GenerationRequest(
+        prompt=inputs.prompt,
+        width=width,
+        height=height,
+        steps=spec.effective_steps(steps),
+        guidance=spec.effective_guidance(guidance),
+        task=imageprep.edit_task(spec, prepared),
+        reference_sizes=prepared.sizes(),
+        **_common(endpoint, inputs, spec, "jpeg"),
     )
     return request, prepared
 
@@ -151,14 +221,15 @@ def with_webhook(submission: Submission, inputs: _CommonInputs, base_url: str) -
     return dataclasses.replace(submission, webhook=webhook)
 
 
-def to_async_response(job: Job, base_url: str) -> AsyncResponse:
+def to_async_response(job: Job, base_url: str, prices: PriceTable) -> AsyncResponse:
+    """BFL's submit answer: where to poll, and the job's megapixels and cost."""
     request = job.request
     return AsyncResponse(
         id=job.id,
         polling_url=polling_url(base_url, job.id),
-        cost=0.0,
-        input_mp=0.0,
-        output_mp=round(request.width * request.height / 1e6, 2),
+        cost=prices.cost(request),
+        input_mp=round(request.input_megapixels, 2),
+        output_mp=round(request.width * request.height * request.num_images / 1e6, 2),
         # BFL's AsyncWebhookResponse: the task's status and where its end will be sent.
         status="Pending" if job.webhook else None,
         webhook_url=job.webhook.url if job.webhook else None,

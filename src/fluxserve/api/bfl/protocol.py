@@ -5,9 +5,10 @@ Unknown fields are accepted and ignored: real clients send extras (api-compat.md
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
+from pydantic.json_schema import SkipJsonSchema
 
 from fluxserve.api.validators import NotBool, multiple_of, valid_text
 from fluxserve.domain import MAX_SEED
@@ -174,6 +175,91 @@ class FluxProExpandInputs(_CommonInputs):
     guidance: FillGuidance | None = Field(
         None, description="1.5-100; default: the model's (30 on FLUX.1 Fill [dev])."
     )
+
+
+# -- FLUX.2 ----------------------------------------------------------------------------------
+
+Flux2Side = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=16384,
+        description="Pixels; 0 or absent: from the first input image, else 1024. Otherwise at "
+        "least 64 and a multiple of 16, the image at most 4 MP.",
+    ),
+    NotBool,
+]
+Flux2Tolerance = Annotated[int, Field(ge=0, le=5), NotBool]
+FLUX2_MAX_REFERENCES = 8
+KLEIN_MAX_REFERENCES = 4
+
+
+class _Flux2Common(_CommonInputs):
+    """BFL's ``Flux2Inputs`` and its kin: text-to-image, or an edit of reference images."""
+
+    prompt: Annotated[str, Field(min_length=1), AfterValidator(valid_text)] = Field(
+        description="What to draw, or the edit to make to the input images."
+    )
+    width: Flux2Side | None = None
+    height: Flux2Side | None = None
+    safety_tolerance: Flux2Tolerance = Field(2, description="0 (strictest) to 5.")
+    input_image: ImageReference | None = Field(
+        None, description="A reference image: base64, data: URI or URL."
+    )
+    input_image_2: ImageReference | None = None
+    input_image_3: ImageReference | None = None
+    input_image_4: ImageReference | None = None
+
+    max_references: ClassVar[int] = KLEIN_MAX_REFERENCES
+
+    def references(self) -> list[tuple[str, str]]:
+        """(field name, value) of each reference image given, in order."""
+        names = ["input_image", *(f"input_image_{i}" for i in range(2, self.max_references + 1))]
+        return [(name, getattr(self, name)) for name in names if getattr(self, name)]
+
+
+class Flux2Inputs(_Flux2Common):
+    """``/v1/flux-2-pro``, ``-max``, ``-pro-preview``: up to 8 reference images."""
+
+    input_image_5: ImageReference | None = None
+    input_image_6: ImageReference | None = None
+    input_image_7: ImageReference | None = None
+    input_image_8: ImageReference | None = None
+
+    max_references: ClassVar[int] = FLUX2_MAX_REFERENCES
+
+
+class Flux2FlexInputs(Flux2Inputs):
+    """``/v1/flux-2-flex``: steps and guidance, and prompt upsampling on by default."""
+
+    steps: Steps | None = Field(
+        None, description="1-50; default 50 (on a step-distilled model, its own 4)."
+    )
+    guidance: Annotated[float, Field(ge=1.5, le=10), NotBool] | None = Field(
+        None, description="1.5-10; default 5.0 (not used by step-distilled models)."
+    )
+    prompt_upsampling: bool = Field(True, description="Rewrite the prompt before generating.")
+
+
+def _not_on_klein(value: str | None) -> None:
+    if value is not None:
+        raise ValueError(
+            f"[klein] takes at most {KLEIN_MAX_REFERENCES} reference images "
+            f"(input_image to input_image_{KLEIN_MAX_REFERENCES})"
+        )
+
+
+# Refused rather than ignored as an unknown field: a dropped reference is a wrong picture.
+BeyondKlein = SkipJsonSchema[Annotated[str | None, AfterValidator(_not_on_klein)]]
+
+
+class Flux2KleinInputs(_Flux2Common):
+    """``/v1/flux-2-klein-4b``, ``-9b``, ``-9b-preview``: up to 4 reference images."""
+
+    input_image_5: BeyondKlein = None
+    input_image_6: BeyondKlein = None
+    input_image_7: BeyondKlein = None
+    input_image_8: BeyondKlein = None
 
 
 class AsyncResponse(BaseModel):

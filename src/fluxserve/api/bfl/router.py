@@ -6,8 +6,12 @@ from fastapi import APIRouter, Depends, Query
 
 from fluxserve.api.auth import CallerDep, SubmitterDep, authenticate, owner_of
 from fluxserve.api.bfl import convert
+from fluxserve.api.bfl.convert import Builder
 from fluxserve.api.bfl.protocol import (
     AsyncResponse,
+    Flux2FlexInputs,
+    Flux2Inputs,
+    Flux2KleinInputs,
     FluxDevInputs,
     FluxKontextProInputs,
     FluxPro11Inputs,
@@ -16,7 +20,8 @@ from fluxserve.api.bfl.protocol import (
     FluxProInputs,
     FluxSchnellInputs,
     ResultResponse,
-    _Inputs,
+    _CommonInputs,
+    _Flux2Common,
 )
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
 from fluxserve.domain import Task
@@ -30,14 +35,16 @@ router = APIRouter(prefix="/v1", tags=["bfl"])
 # The routes are plain ``def``: FastAPI runs them in the thread pool, where fetching and
 # decoding input images may block without stalling the event loop.
 def _submit(
-    endpoint: str, inputs: _Inputs, services: ServicesDep, base: str, caller: Submission
-) -> AsyncResponse:
+    endpoint: str, inputs: _CommonInputs, services: ServicesDep, base: str, caller: Submission,
+    build: Builder = convert.text_to_image_request,
+) -> AsyncResponse:  # fmt: skip
+    """Every BFL submit: route the endpoint to a model, build the request and its input
+    images with ``build``, queue it, answer with where to poll."""
     spec = services.router.route(endpoint)
-    request = convert.to_generation_request(endpoint, inputs, spec)
-    request, prepared = convert.with_image_prompt(request, inputs, services.images)
+    request, prepared = build(endpoint, inputs, spec, services.images)
     caller = convert.with_webhook(caller, inputs, base)
     job = services.jobs.submit(request, *(prepared.parts() if prepared else ()), submission=caller)
-    return convert.to_async_response(job, base)
+    return convert.to_async_response(job, base, services.prices)
 
 
 @router.post("/flux-dev", response_model=AsyncResponse)
@@ -72,8 +79,9 @@ def flux_pro(inputs: FluxProInputs, services: ServicesDep, base: BaseUrlDep, cal
 def flux_kontext_pro(
     inputs: FluxKontextProInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
-    """Edit up to four reference images as the prompt says (or draw from the prompt alone)."""
-    return _submit_kontext("flux-kontext-pro", inputs, services, base, caller)
+    """Edit up to four reference images as the prompt says (or draw from the prompt alone);
+    served by a FLUX.2 model when no Kontext model is loaded."""
+    return _submit("flux-kontext-pro", inputs, services, base, caller, convert.kontext_request)
 
 
 @router.post("/flux-kontext-max", response_model=AsyncResponse)
@@ -81,18 +89,7 @@ def flux_kontext_max(
     inputs: FluxKontextProInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
     """As flux-kontext-pro; served by the same Kontext model unless --alias maps it."""
-    return _submit_kontext("flux-kontext-max", inputs, services, base, caller)
-
-
-def _submit_kontext(
-    endpoint: str, inputs: FluxKontextProInputs, services: ServicesDep, base: str,
-    caller: Submission,
-) -> AsyncResponse:  # fmt: skip
-    spec = services.router.route(endpoint)
-    request, prepared = convert.kontext_request(endpoint, inputs, spec, services.images)
-    caller = convert.with_webhook(caller, inputs, base)
-    job = services.jobs.submit(request, *prepared.parts(), submission=caller)
-    return convert.to_async_response(job, base)
+    return _submit("flux-kontext-max", inputs, services, base, caller, convert.kontext_request)
 
 
 @router.post("/flux-pro-1.0-fill", response_model=AsyncResponse)
@@ -100,7 +97,7 @@ def flux_pro_fill(
     inputs: FluxProFillInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
     """Inpaint: repaint the mask's white area (or the image's transparent pixels)."""
-    return _submit_fill("flux-pro-1.0-fill", inputs, services, base, caller)
+    return _submit("flux-pro-1.0-fill", inputs, services, base, caller, convert.fill_request)
 
 
 @router.post("/flux-pro-1.0-expand", response_model=AsyncResponse)
@@ -108,18 +105,41 @@ def flux_pro_expand(
     inputs: FluxProExpandInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
     """Outpaint: add top/bottom/left/right pixels to the image and paint them in."""
-    return _submit_fill("flux-pro-1.0-expand", inputs, services, base, caller)
+    return _submit("flux-pro-1.0-expand", inputs, services, base, caller, convert.fill_request)
 
 
-def _submit_fill(
-    endpoint: str, inputs: FluxProFillInputs | FluxProExpandInputs, services: ServicesDep,
-    base: str, caller: Submission,
-) -> AsyncResponse:  # fmt: skip
-    spec = services.router.route(endpoint)
-    request, prepared = convert.fill_request(endpoint, inputs, spec, services.images)
-    caller = convert.with_webhook(caller, inputs, base)
-    job = services.jobs.submit(request, *prepared.parts(), submission=caller)
-    return convert.to_async_response(job, base)
+# -- FLUX.2: one route per hosted name, each to the model "which model answers" picks ----------
+
+
+def _flux2_route(endpoint: str, inputs_type: type[_Flux2Common], summary: str) -> None:
+    def submit(inputs: _Flux2Common, services: ServicesDep, base: BaseUrlDep,
+               caller: SubmitterDep) -> AsyncResponse:  # fmt: skip
+        return _submit(endpoint, inputs, services, base, caller, convert.flux2_request)
+
+    submit.__doc__ = summary
+    # Annotations are strings here (``from __future__``); FastAPI resolves them in this
+    # module's globals, where the body's type for this route is not.
+    submit.__annotations__["inputs"] = inputs_type
+    router.add_api_route(
+        f"/{endpoint}", submit, methods=["POST"], response_model=AsyncResponse,
+        name=endpoint.replace("-", "_"),
+    )  # fmt: skip
+
+
+FLUX2_ROUTES: dict[str, tuple[type[_Flux2Common], str]] = {
+    "flux-2-pro": (Flux2Inputs, "FLUX.2 [pro]: generate, or edit up to 8 reference images."),
+    "flux-2-pro-preview": (Flux2Inputs, "As flux-2-pro (BFL's preview of the next [pro])."),
+    "flux-2-max": (Flux2Inputs, "FLUX.2 [max]: generate, or edit up to 8 reference images."),
+    "flux-2-flex": (
+        Flux2FlexInputs,
+        "FLUX.2 [flex]: as flux-2-pro, with steps, guidance and prompt upsampling.",
+    ),
+    "flux-2-klein-4b": (Flux2KleinInputs, "FLUX.2 [klein] 4B: generate, or edit up to 4 images."),
+    "flux-2-klein-9b": (Flux2KleinInputs, "FLUX.2 [klein] 9B: generate, or edit up to 4 images."),
+    "flux-2-klein-9b-preview": (Flux2KleinInputs, "As flux-2-klein-9b (BFL's KV-cache variant)."),
+}
+for _endpoint, (_inputs_type, _summary) in FLUX2_ROUTES.items():
+    _flux2_route(_endpoint, _inputs_type, _summary)
 
 
 # async, so a poll is answered on the event loop without a thread-pool hop (which costs

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fluxserve.api.fal.protocol import (
+    Flux2Input,
     FluxImageToImageInput,
     FluxInput,
     FluxProFillInput,
@@ -18,6 +19,7 @@ from fluxserve.api.fal.protocol import (
     QueueStatus,
     QueueSubmitted,
     _Base,
+    _Flux2Input,
     _Input,
     _KontextProInput,
 )
@@ -99,7 +101,7 @@ def kontext_dev_request(
     """Kontext [dev]: edit ``image_url``; ``resolution_mode`` picks the output's shape."""
     image = reader.open(inputs.image_url, "image_url")
     width, height = imageprep.edit_size(spec, inputs.aspect_ratio(), [image], "resolution_mode")
-    prepared = imageprep.prepare_edit(spec, [image], width, height)
+    prepared = imageprep.prepare_edit(spec, [image], width, height, ["image_url"])
     request = GenerationRequest(
         width=width,
         height=height,
@@ -107,6 +109,7 @@ def kontext_dev_request(
         guidance=spec.effective_guidance(inputs.guidance_scale),
         acceleration=_acceleration(inputs),
         task=Task.EDIT,
+        reference_sizes=prepared.sizes(),
         **_common(endpoint, inputs, spec),
     )
     return request, prepared
@@ -117,15 +120,17 @@ def kontext_pro_request(
 ) -> tuple[GenerationRequest, Prepared]:
     """Kontext [pro]/[max], served by the loaded Kontext model: one image, several
     (``multi``) or none (``text-to-image``)."""
-    references = [reader.open(value, name) for name, value in inputs.references()]
+    named = inputs.references()
+    references = [reader.open(value, name) for name, value in named]
     width, height = imageprep.edit_size(spec, inputs.aspect_ratio, references)
-    prepared = imageprep.prepare_edit(spec, references, width, height)
+    prepared = imageprep.prepare_edit(spec, references, width, height, [n for n, _ in named])
     request = GenerationRequest(
         width=width,
         height=height,
         steps=spec.effective_steps(None),
         guidance=spec.effective_guidance(inputs.guidance_scale),
-        task=Task.EDIT,
+        task=imageprep.edit_task(spec, prepared),
+        reference_sizes=prepared.sizes(),
         **_common(endpoint, inputs, spec),
     )
     return request, prepared
@@ -172,6 +177,47 @@ def fill_request(
     return request, prepared
 
 
+FLUX2_MAX_TOLERANCE = 5
+
+
+def flux2_request(
+    endpoint: str, inputs: _Flux2Input, spec: ModelSpec, reader: ImageReader
+) -> tuple[GenerationRequest, Prepared]:
+    """FLUX.2 on fal's ids: text-to-image, or an edit of ``image_urls`` read natively."""
+    named = inputs.references()
+    names = [name for name, _ in named]
+    if len(names) > spec.max_references:  # fal names the list, not the item too many
+        raise InvalidRequest(
+            "image_urls",
+            f"{spec.name} takes at most {spec.max_references} images, got {len(names)}",
+            len(names),
+        )
+    references = [reader.open(value, name) for name, value in named]
+    width, height = imageprep.flux2_size(
+        spec, *inputs.size(), references, ("image_size", "image_size")
+    )
+    prepared = imageprep.prepare_edit(spec, references, width, height, names)
+    steps = guidance = None
+    if isinstance(inputs, Flux2Input):
+        steps, guidance = inputs.num_inference_steps, inputs.guidance_scale
+    common = _common(endpoint, inputs, spec)
+    # FLUX.2's scale ends at 5 ("enable_safety_checker": false asks for the most).
+    common["safety_tolerance"] = min(common["safety_tolerance"], FLUX2_MAX_TOLERANCE)
+    if isinstance(inputs, Flux2Input) and inputs.enable_prompt_expansion:
+        common["prompt_upsampling"] = True
+    request = GenerationRequest(
+        width=width,
+        height=height,
+        steps=_steps(spec, steps),
+        guidance=spec.effective_guidance(guidance),
+        acceleration=_acceleration(inputs),
+        task=imageprep.edit_task(spec, prepared),
+        reference_sizes=prepared.sizes(),
+        **common,
+    )
+    return request, prepared
+
+
 def build_request(
     endpoint: str, inputs: _Base, spec: ModelSpec, reader: ImageReader
 ) -> tuple[GenerationRequest, Prepared | None]:
@@ -185,6 +231,8 @@ def build_request(
         return image_to_image_request(endpoint, inputs, spec, reader)
     if isinstance(inputs, FluxProFillInput):
         return fill_request(endpoint, inputs, spec, reader)
+    if isinstance(inputs, _Flux2Input):
+        return flux2_request(endpoint, inputs, spec, reader)
     assert isinstance(inputs, _Input), type(inputs)
     return to_generation_request(endpoint, inputs, spec), None
 

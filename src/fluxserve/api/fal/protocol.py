@@ -229,6 +229,87 @@ class FluxProFillInput(_Base):
     )
 
 
+# -- FLUX.2 ----------------------------------------------------------------------------------
+
+FLUX2_MAX_IMAGE_URLS = 10  # a bound on the list; the serving model's own limit is checked too
+
+
+def _preset_or_auto(value: Any) -> Any:
+    """``auto`` (the first input image's size, else the model's default) becomes None."""
+    return None if value == "auto" else _preset_to_size(value)
+
+
+class _Flux2Input(_Base):
+    """What every fal FLUX.2 endpoint takes."""
+
+    image_size: Annotated[ImageSize | None, BeforeValidator(_preset_or_auto)] = Field(
+        default_factory=lambda: ImageSize(width=1024, height=768),
+        description="A preset (square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, "
+        "landscape_16_9), {width, height}, or auto (the first input image's size, else "
+        "1024x1024); default landscape_4_3.",
+    )
+    enable_safety_checker: bool = Field(
+        True,
+        description="false: check at safety_tolerance 5, clamped to the most this server allows.",
+    )
+    safety_tolerance: Literal["1", "2", "3", "4", "5"] = Field(
+        "2", description="1 (strictest) to 5, as a string."
+    )
+    output_format: Literal["jpeg", "png", "webp"] = "jpeg"
+
+    def size(self) -> tuple[int | None, int | None]:
+        """The size asked for; (None, None) for auto."""
+        if self.image_size is None:
+            return None, None
+        return self.image_size.width, self.image_size.height
+
+    def references(self) -> list[tuple[str, str]]:
+        """(field name, value) of each reference image, in order."""
+        urls: list[str] = getattr(self, "image_urls", [])
+        return [(f"image_urls.{n}", value) for n, value in enumerate(urls)]
+
+
+class Flux2ProInput(_Flux2Input):
+    """``fal-ai/flux-2-pro`` and ``fal-ai/flux-2-max``: no steps or guidance."""
+
+
+class Flux2Input(_Flux2Input):
+    """``fal-ai/flux-2`` ([dev]), ``fal-ai/flux-2-flex`` and the [klein] ids."""
+
+    num_inference_steps: Steps | None = Field(
+        None, description="1-50; default: the model's (50 on [dev], 4 on distilled [klein])."
+    )
+    guidance_scale: Guidance | None = Field(
+        None, description="1-20; default: the model's (not used by distilled [klein])."
+    )
+    acceleration: Acceleration = "none"
+    enable_prompt_expansion: bool = Field(
+        False, description="Rewrite the prompt with the server's prompt upsampler first."
+    )
+
+
+ImageUrls = Annotated[list[ImageUrl], Field(min_length=1, max_length=FLUX2_MAX_IMAGE_URLS)]
+EDIT_URLS_DESCRIPTION = "The reference images, in order (at most 4 on [klein], 8 otherwise)."
+
+
+class Flux2ProEditInput(Flux2ProInput):
+    """``fal-ai/flux-2-pro/edit`` and ``fal-ai/flux-2-max/edit``."""
+
+    image_urls: ImageUrls = Field(description=EDIT_URLS_DESCRIPTION)
+    image_size: Annotated[ImageSize | None, BeforeValidator(_preset_or_auto)] = Field(
+        None, description="As on the text-to-image id; default auto (the first image's size)."
+    )
+
+
+class Flux2EditInput(Flux2Input):
+    """``fal-ai/flux-2/edit``, ``fal-ai/flux-2-flex/edit`` and the [klein] ``/edit`` ids."""
+
+    image_urls: ImageUrls = Field(description=EDIT_URLS_DESCRIPTION)
+    image_size: Annotated[ImageSize | None, BeforeValidator(_preset_or_auto)] = Field(
+        None, description="As on the text-to-image id; default auto (the first image's size)."
+    )
+
+
 class Image(BaseModel):
     url: str
     width: int

@@ -18,6 +18,10 @@ from fluxserve.api.auth import CallerDep, SubmitterDep, abandoned, owner_of
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
 from fluxserve.api.fal import convert
 from fluxserve.api.fal.protocol import (
+    Flux2EditInput,
+    Flux2Input,
+    Flux2ProEditInput,
+    Flux2ProInput,
     FluxImageToImageInput,
     FluxInput,
     FluxProFillInput,
@@ -42,6 +46,20 @@ FAL_APPS: dict[str, list[str]] = {
     "fal-ai/flux": ["schnell", "dev", "dev/image-to-image"],
     "fal-ai/flux-1": ["schnell", "dev"],
     "fal-ai/flux-kontext": ["dev"],
+    # "": the app id itself is an endpoint (fal-ai/flux-2-pro).
+    "fal-ai/flux-2": [
+        "",
+        "edit",
+        *(
+            f"klein/{size}{base}{edit}"
+            for size in ("4b", "9b")
+            for base in ("", "/base")
+            for edit in ("", "/edit")
+        ),
+    ],
+    "fal-ai/flux-2-pro": ["", "edit"],
+    "fal-ai/flux-2-flex": ["", "edit"],
+    "fal-ai/flux-2-max": ["", "edit"],
     "fal-ai/flux-pro": [
         "v1.1",
         "kontext",
@@ -65,6 +83,20 @@ INPUT_MODELS: dict[str, type[_Base]] = {
     "fal-ai/flux-pro/kontext/text-to-image": KontextProTextInput,
     "fal-ai/flux-pro/kontext/max/text-to-image": KontextProTextInput,
     "fal-ai/flux-pro/v1/fill": FluxProFillInput,
+    "fal-ai/flux-2-pro": Flux2ProInput,
+    "fal-ai/flux-2-max": Flux2ProInput,
+    "fal-ai/flux-2-pro/edit": Flux2ProEditInput,
+    "fal-ai/flux-2-max/edit": Flux2ProEditInput,
+    "fal-ai/flux-2": Flux2Input,
+    "fal-ai/flux-2-flex": Flux2Input,
+    "fal-ai/flux-2/edit": Flux2EditInput,
+    "fal-ai/flux-2-flex/edit": Flux2EditInput,
+    **{
+        f"fal-ai/flux-2/klein/{size}{base}{edit}": Flux2EditInput if edit else Flux2Input
+        for size in ("4b", "9b")
+        for base in ("", "/base")
+        for edit in ("", "/edit")
+    },  # fmt: skip
 }
 SYNC_TIMEOUT = 600.0  # seconds a synchronous call waits for its job
 
@@ -215,7 +247,7 @@ def make_cancel(app_id: str) -> Callable[..., Any]:
 def _register() -> None:
     for app_id, subpaths in FAL_APPS.items():
         for subpath in subpaths:
-            endpoint = f"{app_id}/{subpath}"
+            endpoint = f"{app_id}/{subpath}" if subpath else app_id
             router.add_api_route(
                 f"/{endpoint}", make_sync(endpoint), methods=["POST"], response_model=Output
             )
@@ -226,7 +258,7 @@ def _register() -> None:
                 response_model=QueueSubmitted,
             )
         # Status, result and cancel without the subpath (fal's rule) and with it.
-        for prefix in [app_id, *(f"{app_id}/{sub}" for sub in subpaths)]:
+        for prefix in [app_id, *(f"{app_id}/{sub}" for sub in subpaths if sub)]:
             root = f"/queue/{prefix}/requests/{{request_id}}"
             router.add_api_route(f"{root}/status", make_status(app_id), methods=["GET"])
             router.add_api_route(root, make_result(app_id), methods=["GET"])

@@ -161,7 +161,7 @@ def edit_model(router: ModelRouter, name: str | None, with_mask: bool) -> ModelS
             logger.debug("edit with a mask: %r is not a Fill model; using %s", name, spec.name)
         return spec
     if name is None:
-        spec = router.first_of_kind(ModelKind.KONTEXT)
+        spec = router.first_of_kind(ModelKind.KONTEXT) or router.largest_flux2()
         if spec is None:
             raise _no_model(router, ModelKind.KONTEXT, "edit an image without a mask")
         return spec
@@ -216,6 +216,7 @@ def to_edit_request(
     if body.model_extra:
         logger.debug("images/edits: ignoring unknown fields %s", sorted(body.model_extra))
     names = ["image"] if len(form.images) == 1 else [f"image[{i}]" for i in range(len(form.images))]
+    imageprep.check_reference_count(spec, names)
     if spec.kind in (ModelKind.FILL, *TEXT_TO_IMAGE_KINDS) and len(form.images) > 1:
         raise InvalidRequest(
             "image",
@@ -233,7 +234,11 @@ def to_edit_request(
     elif spec.kind is ModelKind.KONTEXT:
         task = Task.EDIT
         width, height = _edit_size(body) or imageprep.edit_size(spec, None, images)
-        prepared = imageprep.prepare_edit(spec, images, width, height)
+        prepared = imageprep.prepare_edit(spec, images, width, height, names)
+    elif spec.is_flux2:  # every image a reference, read natively
+        task = Task.EDIT
+        width, height = _edit_size(body) or imageprep.flux2_size(spec, None, None, images)
+        prepared = imageprep.prepare_edit(spec, images, width, height, names)
     else:
         task = Task.IMAGE_TO_IMAGE
         strength = body.strength if body.strength is not None else imageprep.DEFAULT_STRENGTH
@@ -247,6 +252,7 @@ def to_edit_request(
         **_common_fields(body, spec),
         task=task,
         strength=strength,
+        reference_sizes=prepared.sizes() if task is Task.EDIT else (),
     )
     return request, prepared
 
