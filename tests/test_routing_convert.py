@@ -27,6 +27,7 @@ from fluxserve.bootstrap import build_services
 from fluxserve.config import Settings
 from fluxserve.domain import MAX_SEED, GenerationRequest, Job, JobStatus, OutputFormat
 from fluxserve.errors import ConfigurationError, InvalidRequest, ModelNotAvailable
+from fluxserve.jobs.pricing import PriceTable
 from fluxserve.jobs.routing import ENDPOINT_KINDS, ModelRouter
 from fluxserve.specs import MODEL_SPECS, ModelKind, ModelSpec
 from fluxserve.weights import ResolvedModel
@@ -402,7 +403,9 @@ def test_every_status_has_a_bfl_name():
 
 
 def test_async_response_and_not_found():
-    response = convert.to_async_response(make_job(JobStatus.QUEUED), "https://img.example")
+    response = convert.to_async_response(
+        make_job(JobStatus.QUEUED), "https://img.example", PriceTable()
+    )
     assert response.model_dump() == {
         "id": "job-1",
         "polling_url": "https://img.example/v1/get_result?id=job-1",

@@ -30,9 +30,9 @@ def add_bench_parser(commands: Any) -> None:
     arg(
         "--random-weights",
         action="store_true",
-        help="Build the registry model "
-        "(flux-schnell, flux-dev, flux-kontext-dev, flux-fill-dev) at full size with random "
-        "weights, offline, instead of loading its weights.",
+        help="Build the registry model (flux-schnell, flux-dev, flux-kontext-dev, "
+        "flux-fill-dev, flux2-klein-4b, flux2-klein-9b, their base models, flux2-dev) at full "
+        "size with random weights, offline, instead of loading its weights.",
     )
     arg(
         "--size",

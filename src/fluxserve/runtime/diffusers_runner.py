@@ -196,6 +196,7 @@ class FluxRunner:
             weights_quantized=self.memory_plan.transformer_weights != "model-dtype",
             cache_threshold=self._step_cache_threshold,
             cuda_graphs=self._cuda_graphs,
+            step_cache_works=not self.models[name].spec.is_flux2,
         )
         for note in plan.notes:  # what this machine cannot run, and what runs instead
             logger.warning("%s: %s", name, note)
@@ -237,7 +238,7 @@ class FluxRunner:
         if model.spec.random_weights:
             logger.warning(
                 "model %r has random weights: its images are noise. It is for trying the API "
-                "and for tests; load a real model (flux-schnell, flux-dev, ...) for pictures.",
+                "and for tests; load a real model (flux2-klein-4b, flux-schnell...) for pictures.",
                 model.name,
             )
         pipeline_class = PIPELINE_CLASSES.get(model.spec.kind, FluxPipeline)

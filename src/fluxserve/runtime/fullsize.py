@@ -154,7 +154,12 @@ def fullsize_config(name: str) -> FullsizeConfig:
     )
 
 
-FULLSIZE_MODELS = ("flux-schnell", "flux-dev", "flux-kontext-dev", "flux-fill-dev")
+FLUX1_FULLSIZE = ("flux-schnell", "flux-dev", "flux-kontext-dev", "flux-fill-dev")
+# FLUX.2's live in fullsize_flux2.py (which builds on this module's materialise).
+FLUX2_FULLSIZE = (
+    "flux2-klein-4b", "flux2-klein-base-4b", "flux2-klein-9b", "flux2-klein-base-9b", "flux2-dev"
+)  # fmt: skip
+FULLSIZE_MODELS = (*FLUX1_FULLSIZE, *FLUX2_FULLSIZE)
 
 
 def modules_on_meta(config: FullsizeConfig) -> dict[str, nn.Module]:
@@ -179,7 +184,12 @@ def modules_on_meta(config: FullsizeConfig) -> dict[str, nn.Module]:
 def parameter_counts(name: str) -> dict[str, int]:
     """Parameters per component of model ``name`` at full size, counted on the meta device
     (nothing allocated). Tied weights count once."""
-    modules = modules_on_meta(fullsize_config(name))
+    if name in FLUX2_FULLSIZE:
+        from fluxserve.runtime.fullsize_flux2 import flux2_modules_on_meta
+
+        modules = flux2_modules_on_meta(name)
+    else:
+        modules = modules_on_meta(fullsize_config(name))
     return {part: sum(p.numel() for p in module.parameters()) for part, module in modules.items()}
 
 
@@ -243,7 +253,11 @@ def build_random_pipeline(
 def build_fullsize_pipeline(
     name: str, device: torch.device | str, dtype: torch.dtype, seed: int = 0
 ) -> Any:
-    """Registry model ``name`` (flux-schnell, flux-dev, flux-kontext-dev, flux-fill-dev) at
-    its full-size architecture with random weights: FluxPipeline, FluxKontextPipeline or
-    FluxFillPipeline. Needs the real model's memory on ``device`` (about 34 GB in bf16)."""
+    """Registry model ``name`` (FULLSIZE_MODELS) at its full-size architecture with random
+    weights. Needs the real model's memory on ``device`` (FLUX.1: about 34 GB in bf16;
+    FLUX.2 [dev]: about 112 GB, [klein] 4B about 16 GB)."""
+    if name in FLUX2_FULLSIZE:
+        from fluxserve.runtime.fullsize_flux2 import build_flux2_pipeline
+
+        return build_flux2_pipeline(name, device, dtype, seed)
     return build_random_pipeline(fullsize_config(name), device, dtype, seed)

@@ -109,9 +109,13 @@ def plan_tier(
     weights_quantized: bool = False,
     cache_threshold: float = STEP_CACHE_THRESHOLD,
     cuda_graphs: bool = False,
+    step_cache_works: bool = True,
 ) -> TierPlan:
     """Decide what runs for ``tier`` on this machine; every part it cannot run falls back
     to the tier below, with a note saying so.
+
+    ``step_cache_works``: False for transformers diffusers' First-Block cache cannot hook
+    (FLUX.2's in diffusers 0.42: its pipelines fail under the hook).
 
     ``compile_mode`` is the operator's ``--compile`` (auto: on CUDA only, where it pays
     for its warm-up). ``weights_quantized``: a memory preset already stored the transformer
@@ -139,7 +143,13 @@ def plan_tier(
     if tier is Tier.FP8 and not fp8:
         effective = Tier.LOSSLESS
     # The step cache runs anywhere; without fp8 the cache tier runs it on bf16 weights.
-    step_cache = tier is Tier.CACHE
+    step_cache = tier is Tier.CACHE and step_cache_works
+    if tier is Tier.CACHE and not step_cache_works:
+        notes.append(
+            "the First-Block step cache does not run on this transformer (FLUX.2 in "
+            "diffusers 0.42): the cache tier runs without it"
+        )
+        effective = Tier.FP8 if fp8 else Tier.LOSSLESS
     graphs = cuda_graphs and compile_now and on_cuda and not step_cache
     if cuda_graphs and not graphs:
         why = (

@@ -57,7 +57,7 @@ def resolve_workload(args: argparse.Namespace, models_dir: Path) -> Workload:
     from fluxserve.weights import ResolvedModel, resolve_model
 
     if args.random_weights:
-        from fluxserve.runtime.fullsize import FULLSIZE_MODELS
+        from fluxserve.runtime.fullsize import FULLSIZE_MODELS  # FLUX.1's and FLUX.2's
 
         if args.model not in FULLSIZE_MODELS:
             raise ConfigurationError(
@@ -112,8 +112,7 @@ def baseline_call(pipeline: Any, work: Workload, batch: int, clock: StepClock) -
     """A call of the pipeline with the arguments FluxRunner passes for ``batch`` requests."""
     import torch
 
-    from fluxserve.runtime.diffusers_runner import kontext_area, task_arguments
-    from fluxserve.specs import ModelKind
+    from fluxserve.runtime.diffusers_runner import loop_arguments, task_arguments
 
     requests, inputs = work.requests(batch), work.inputs()
     first, spec = requests[0], work.model.spec
@@ -127,17 +126,11 @@ def baseline_call(pipeline: Any, work: Workload, batch: int, clock: StepClock) -
         arguments = {
             "prompt": first.prompt if batch == 1 else [r.prompt for r in requests],
             "num_images_per_prompt": 1,
-            "width": first.width,
-            "height": first.height,
-            "num_inference_steps": first.steps,
-            "guidance_scale": first.guidance if first.guidance is not None else 0.0,
-            "max_sequence_length": spec.max_sequence_length,
+            **loop_arguments(first, spec),
             "generator": generators[0] if batch == 1 else generators,
             "callback_on_step_end": step_end,
         }
-        arguments.update(task_arguments(first, inputs, random_weights=spec.random_weights))
-        if spec.kind is ModelKind.KONTEXT:
-            arguments.update(kontext_area(first))
+        arguments.update(task_arguments(first, inputs, spec))
         with torch.inference_mode():
             return list(pipeline(**arguments).images)
 
