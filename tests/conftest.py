@@ -166,3 +166,19 @@ def idle_image_client(image_settings: Settings) -> Iterator[TestClient]:
     """The image app (tiny, tiny-kontext, tiny-fill) without its lifespan: no worker starts,
     so submitted jobs stay queued."""
     yield from idle_app(image_settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """FLUX.2 [klein]'s structure (Qwen3 text encoder, no guidance embedding)."""
+    from fluxserve.runtime.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("models") / "tiny-flux2", "tiny-flux2")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux2_dev_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """FLUX.2 [dev]'s structure (Mistral3 text encoder, guidance embedding)."""
+    from fluxserve.runtime.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("models") / "tiny-flux2-dev", "tiny-flux2-dev")

@@ -68,8 +68,24 @@ def test_make_tiny_then_models_lists_it(tmp_path):
     assert (target / "transformer" / "diffusion_pytorch_model.safetensors").exists()
     listing = run("models", "--data-dir", str(tmp_path / "data"))
     assert listing.returncode == 0, listing.stderr
-    names = [line.split()[0] for line in listing.stdout.splitlines()[1:] if line.strip()]
-    assert {"flux-schnell", "flux-dev", "tiny"} <= set(names)
+    rows = {line.split()[0]: line for line in listing.stdout.splitlines()[1:] if line.strip()}
+    assert {"flux-schnell", "flux-dev", "tiny", "flux2-klein-4b", "flux2-dev"} <= set(rows)
+    assert "LICENCE" in listing.stdout.splitlines()[0]
+    assert "apache-2.0" in rows["flux2-klein-4b"]
+    assert "flux-2-dev-non-commercial" in rows["flux2-dev"]
+
+
+def test_make_tiny_writes_the_flux2_variants(tmp_path):
+    import json
+
+    for variant, pipeline in (("tiny-flux2", "Flux2KleinPipeline"),
+                              ("tiny-flux2-dev", "Flux2Pipeline")):  # fmt: skip
+        target = tmp_path / variant
+        result = run("models", "make-tiny", str(target), "--variant", variant)
+        assert result.returncode == 0, result.stderr
+        index = json.loads((target / "model_index.json").read_text())
+        assert index["_class_name"] == pipeline
+        assert (target / "tokenizer" / "tokenizer.json").exists()  # built offline
 
 
 def test_make_tiny_refuses_non_empty_dir(tmp_path):

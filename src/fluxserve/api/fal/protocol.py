@@ -234,6 +234,19 @@ class FluxProFillInput(_Base):
 FLUX2_MAX_IMAGE_URLS = 10  # a bound on the list; the serving model's own limit is checked too
 
 
+Flux2Side = Annotated[
+    int,
+    Field(ge=64, le=4096, description="Pixels; at least 64, a multiple of 16; at most 4 MP."),
+    AfterValidator(multiple_of(SIZE_STEP)),
+    NotBool,
+]
+
+
+class Flux2ImageSize(BaseModel):
+    width: Flux2Side
+    height: Flux2Side
+
+
 def _preset_or_auto(value: Any) -> Any:
     """``auto`` (the first input image's size, else the model's default) becomes None."""
     return None if value == "auto" else _preset_to_size(value)
@@ -242,8 +255,8 @@ def _preset_or_auto(value: Any) -> Any:
 class _Flux2Input(_Base):
     """What every fal FLUX.2 endpoint takes."""
 
-    image_size: Annotated[ImageSize | None, BeforeValidator(_preset_or_auto)] = Field(
-        default_factory=lambda: ImageSize(width=1024, height=768),
+    image_size: Annotated[Flux2ImageSize | None, BeforeValidator(_preset_or_auto)] = Field(
+        default_factory=lambda: Flux2ImageSize(width=1024, height=768),
         description="A preset (square_hd, square, portrait_4_3, portrait_16_9, landscape_4_3, "
         "landscape_16_9), {width, height}, or auto (the first input image's size, else "
         "1024x1024); default landscape_4_3.",
@@ -296,7 +309,7 @@ class Flux2ProEditInput(Flux2ProInput):
     """``fal-ai/flux-2-pro/edit`` and ``fal-ai/flux-2-max/edit``."""
 
     image_urls: ImageUrls = Field(description=EDIT_URLS_DESCRIPTION)
-    image_size: Annotated[ImageSize | None, BeforeValidator(_preset_or_auto)] = Field(
+    image_size: Annotated[Flux2ImageSize | None, BeforeValidator(_preset_or_auto)] = Field(
         None, description="As on the text-to-image id; default auto (the first image's size)."
     )
 
@@ -305,7 +318,7 @@ class Flux2EditInput(Flux2Input):
     """``fal-ai/flux-2/edit``, ``fal-ai/flux-2-flex/edit`` and the [klein] ``/edit`` ids."""
 
     image_urls: ImageUrls = Field(description=EDIT_URLS_DESCRIPTION)
-    image_size: Annotated[ImageSize | None, BeforeValidator(_preset_or_auto)] = Field(
+    image_size: Annotated[Flux2ImageSize | None, BeforeValidator(_preset_or_auto)] = Field(
         None, description="As on the text-to-image id; default auto (the first image's size)."
     )
 
