@@ -50,7 +50,7 @@ def test_missing_weights_offline_is_one_clear_sentence(tmp_path):
     result = run("generate", "x", "-o", str(tmp_path / "x.png"), "--model", "flux-schnell", env=env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "black-forest-labs/FLUX.2-klein-4B" in result.stderr  # the default model
+    assert "black-forest-labs/FLUX.1-schnell" in result.stderr
     assert "--model tiny" in result.stderr
 
 

@@ -22,7 +22,7 @@ from fluxserve.api.playground.router import _describe
 from fluxserve.bootstrap import build_services
 from fluxserve.config import Settings
 from fluxserve.specs import MODEL_SPECS
-from tests.helpers import SMALL, LiveServer, fetch_image, poll_result, wait_ready
+from tests.helpers import SMALL, LiveServer, fetch_image, idle_app, poll_result, wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -67,6 +67,22 @@ def test_models_lists_tiny_with_its_defaults(client: TestClient):
     assert presets["square"] == (256, 256)
     assert presets["portrait"][0] < presets["portrait"][1]
     assert presets["landscape"] == presets["portrait"][::-1]
+    assert tiny["max_references"] == 0  # FLUX.1: no reference images
+
+
+def test_flux2_models_are_listed_with_their_references(tmp_path: Path, tiny_flux2_dir: Path):
+    settings = Settings(model=[str(tiny_flux2_dir)], data_dir=tmp_path, worker_mode="thread")
+    for test_client in idle_app(settings):
+        [klein] = test_client.get("/playground/models").json()
+        assert (klein["kind"], klein["max_references"], klein["default_guidance"]) == (
+            "flux2-klein", 4, None,
+        )  # fmt: skip
+
+
+def test_by_name_reference_images_are_for_flux2_models(client: TestClient):
+    response = client.post("/v1/tiny", json={"prompt": "x", "input_image": "aGVsbG8="})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "input_image"]
 
 
 def test_model_sizes_follow_the_base_area():
@@ -157,8 +173,9 @@ def test_keys_required(settings: Settings):
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[LiveServer]:
-    """`fluxserve serve --model tiny` on a free port, started in the background."""
-    args = ["--model", "tiny", "--data-dir", str(tmp_path / "data"), "--host", "127.0.0.1"]
+    """`fluxserve serve --model tiny --model tiny-flux2` on a free port, in the background."""
+    args = ["--model", "tiny", "--model", "tiny-flux2", "--data-dir", str(tmp_path / "data"),
+            "--host", "127.0.0.1"]  # fmt: skip
     started = LiveServer(args, tmp_path / "server.log")
     try:
         yield started
@@ -213,6 +230,7 @@ def test_playground_in_chromium(server: LiveServer, tmp_path: Path):
             server.wait_ready(90)  # the server boots while Chromium starts
             desktop_run(browser, server.base, tmp_path)
             guidance_follows_the_model(browser, server.base)
+            flux2_references_run(browser, server.base, tmp_path)
             phone_run(browser, server.base, tmp_path)
         finally:
             browser.close()
@@ -310,6 +328,54 @@ def desktop_run(browser, base: str, tmp_path: Path) -> None:
     page.locator("#gallery li").get_by_role("button", name="Remove").click()
     expect(page.locator("#gallery li")).to_have_count(0)
     assert page.evaluate(GALLERY) == []
+    assert errors == []
+    page.context.close()
+
+
+def flux2_references_run(browser, base: str, tmp_path: Path) -> None:
+    """A FLUX.2 model takes reference images: picked in the page, checked there (count,
+    type), sent as input_image, input_image_2; the gallery entry counts them."""
+    from playwright.sync_api import expect
+
+    page, errors = open_page(browser, base, viewport={"width": 1280, "height": 900})
+    references = page.get_by_label("Reference images", exact=True)
+    expect(references).to_be_hidden()  # tiny is FLUX.1: no references
+    page.get_by_label("Model", exact=True).select_option("tiny-flux2")
+    expect(references).to_be_visible()
+    expect(page.get_by_label("Guidance", exact=True)).to_be_hidden()  # step-distilled
+    pictures = []
+    for index, colour in enumerate(("red", "blue", "green", "white", "black")):
+        path = tmp_path / f"reference-{index}.png"
+        Image.new("RGB", (96, 64), colour).save(path)
+        pictures.append(str(path))
+    page.get_by_label("Prompt", exact=True).fill("the red square on the blue one")
+    bodies: list[dict] = []
+    page.on("request", lambda r: bodies.append(r.post_data_json)
+            if r.method == "POST" and "/v1/" in r.url else None)  # fmt: skip
+
+    references.set_input_files(pictures)  # five: one more than [klein] takes
+    assert "at most 4" in references.evaluate("e => e.validationMessage")
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    references.set_input_files([str(text)])
+    assert "not a PNG" in references.evaluate("e => e.validationMessage")
+    page.get_by_role("button", name="Generate").click()
+    assert bodies == []  # refused in the page: nothing sent
+
+    references.set_input_files(pictures[:2])
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function(IMAGE_LOADED, timeout=30_000)
+    [body] = bodies
+    assert body["input_image"].startswith("data:image/png;base64,")
+    assert body["input_image_2"].startswith("data:image/png;base64,")
+    assert "input_image_3" not in body
+    card = page.locator("#gallery li").first
+    params = dict(
+        zip(card.locator("dt").all_inner_texts(), card.locator("dd").all_inner_texts(), strict=True)
+    )
+    assert (params["Model"], params["References"]) == ("tiny-flux2", "2")
+    image = card.get_by_role("img")
+    assert image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [256, 256]
     assert errors == []
     page.context.close()
 

@@ -82,7 +82,7 @@ def download_snapshot(
             f"The weights of {repo_id} are not cached here and the Hugging Face Hub cannot be "
             "reached: connect this machine to the internet once, or copy the model's "
             "diffusers-format directory here and pass --model /path/to/it, or start with "
-            "--model tiny to try the server without weights."
+            "--model tiny-flux2 (or tiny, FLUX.1) to try the server without weights."
         ) from None
 
 

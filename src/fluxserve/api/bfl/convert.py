@@ -11,6 +11,7 @@ from PIL import Image
 
 from fluxserve.api.bfl.protocol import (
     AsyncResponse,
+    ByNameInputs,
     Flux2FlexInputs,
     FluxKontextProInputs,
     FluxProExpandInputs,
@@ -29,6 +30,7 @@ from fluxserve.domain import (
     Webhook,
     random_seed,
 )
+from fluxserve.errors import InvalidRequest
 from fluxserve.images.inputs import ImageReader
 from fluxserve.jobs import imageprep
 from fluxserve.jobs.imageprep import Prepared
@@ -82,17 +84,28 @@ Builder = Callable[[str, Any, ModelSpec, ImageReader], tuple[GenerationRequest, 
 def text_to_image_request(
     endpoint: str, inputs: _Inputs, spec: ModelSpec, reader: ImageReader
 ) -> tuple[GenerationRequest, Prepared | None]:
-    """The FLUX.1 text-to-image routes (and ``/v1/{model}``): the fields, plus
-    ``image_prompt`` as a start image, or on a FLUX.2 model as its reference image."""
+    """The FLUX.1 text-to-image routes and ``/v1/{model}``: the fields, plus
+    ``image_prompt`` as a start image; on a FLUX.2 model ``image_prompt`` and (by name)
+    ``input_image`` ... are its reference images."""
     request = to_generation_request(endpoint, inputs, spec)
-    if spec.is_flux2 and inputs.image_prompt is not None:
-        image = reader.open(inputs.image_prompt, "image_prompt")
-        prepared = imageprep.prepare_edit(
-            spec, [image], request.width, request.height, ["image_prompt"]
-        )
-        edit = {"task": Task.EDIT, "reference_sizes": prepared.sizes()}
-        return dataclasses.replace(request, **edit), prepared
-    return with_image_prompt(request, inputs, reader)
+    named = [("image_prompt", inputs.image_prompt)] if inputs.image_prompt else []
+    named += inputs.references() if isinstance(inputs, ByNameInputs) else []
+    if not spec.is_flux2:
+        if named and named[-1][0] != "image_prompt":
+            raise InvalidRequest(
+                named[-1][0],
+                f"{spec.name} takes no reference images (FLUX.2 models do); send the start "
+                "image as image_prompt for image-to-image",
+            )
+        return with_image_prompt(request, inputs, reader)
+    if not named:
+        return request, None
+    names = [name for name, _ in named]
+    imageprep.check_reference_count(spec, names)
+    images = [reader.open(value, name) for name, value in named]
+    prepared = imageprep.prepare_edit(spec, images, request.width, request.height, names)
+    edit = {"task": Task.EDIT, "reference_sizes": prepared.sizes()}
+    return dataclasses.replace(request, **edit), prepared
 
 
 def with_image_prompt(

@@ -262,6 +262,26 @@ class Flux2KleinInputs(_Flux2Common):
     input_image_8: BeyondKlein = None
 
 
+class ByNameInputs(FluxDevInputs):
+    """``POST /v1/{model}``: FLUX.1 [dev]'s fields, plus reference images for a FLUX.2 model."""
+
+    input_image: ImageReference | None = Field(
+        None, description="FLUX.2 models only: a reference image (base64, data: URI or URL)."
+    )
+    input_image_2: ImageReference | None = None
+    input_image_3: ImageReference | None = None
+    input_image_4: ImageReference | None = None
+    input_image_5: ImageReference | None = None
+    input_image_6: ImageReference | None = None
+    input_image_7: ImageReference | None = None
+    input_image_8: ImageReference | None = None
+
+    def references(self) -> list[tuple[str, str]]:
+        """(field name, value) of each reference image given, in order."""
+        names = ["input_image", *(f"input_image_{i}" for i in range(2, 9))]
+        return [(name, getattr(self, name)) for name in names if getattr(self, name)]
+
+
 class AsyncResponse(BaseModel):
     """AsyncResponse, or with a webhook BFL's AsyncWebhookResponse (``status`` and
     ``webhook_url`` too; ``polling_url`` is kept, as clients read it)."""

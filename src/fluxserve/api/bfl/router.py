@@ -9,6 +9,7 @@ from fluxserve.api.bfl import convert
 from fluxserve.api.bfl.convert import Builder
 from fluxserve.api.bfl.protocol import (
     AsyncResponse,
+    ByNameInputs,
     Flux2FlexInputs,
     Flux2Inputs,
     Flux2KleinInputs,
@@ -185,7 +186,7 @@ async def named_model(name: str, services: ServicesDep) -> ModelSpec:
     dependencies=[Depends(authenticate), Depends(named_model)],
 )
 def by_model_name(
-    name: str, inputs: FluxDevInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
+    name: str, inputs: ByNameInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
     """Generate on the loaded model (or ``--alias``) called ``name``, as ``/v1/flux-dev``
     does on a model chosen by kind. Fixed endpoint names never reach this route."""

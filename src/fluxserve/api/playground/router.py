@@ -65,6 +65,8 @@ def _describe(spec: ModelSpec, aliases: list[str]) -> dict:
         "default_steps": spec.default_steps,
         "max_steps": min(spec.max_steps, 50),  # the BFL schema's limit
         "default_guidance": spec.default_guidance,
+        # Reference images the form may send (input_image ...): FLUX.2 models only.
+        "max_references": spec.max_references if spec.is_flux2 else 0,
         "width": side,
         "height": side,
         "presets": [

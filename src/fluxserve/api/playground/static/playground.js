@@ -14,6 +14,8 @@
   const stepsEl = $("#steps");
   const guidanceField = $("#guidance-field");
   const guidanceEl = $("#guidance");
+  const referencesField = $("#references-field");
+  const referencesEl = $("#references");
   const seedEl = $("#seed");
   const countEl = $("#count");
   const keyEl = $("#api-key");
@@ -28,6 +30,8 @@
   const GALLERY_MAX = 50;
   const POLL_MS = 250;
   const POLL_RETRIES = 20; // consecutive network failures before a job is given up
+  const REFERENCE_TYPES = ["image/png", "image/jpeg", "image/webp"];
+  const REFERENCE_MAX_BYTES = 10 * 1024 * 1024;
   const THUMB_SIDE = 192;
   const MAX_SEED = (1n << 64n) - 1n; // seeds are 64-bit: kept as text, never as a Number
 
@@ -115,6 +119,11 @@
     guidanceField.hidden = !hasGuidance;
     guidanceEl.disabled = !hasGuidance;
     if (hasGuidance) guidanceEl.value = model.default_guidance;
+    // FLUX.2 models edit reference images; the others take none.
+    referencesField.hidden = !model.max_references;
+    referencesEl.disabled = !model.max_references;
+    $("#references-max").textContent = model.max_references;
+    checkReferences();
     const chosen = sizeEl.value || "square";
     sizeEl.replaceChildren(
       ...model.presets.map((p) => new Option(`${capitalise(p.name)} ${p.width}×${p.height}`,
@@ -149,6 +158,29 @@
     return [preset.width, preset.height];
   }
 
+  // Checked in the page before anything is sent: count, type and size of each file.
+  function checkReferences() {
+    const files = referencesEl.disabled ? [] : [...referencesEl.files];
+    const most = currentModel()?.max_references ?? 0;
+    let problem = "";
+    if (files.length > most) problem = `Choose at most ${most} reference images.`;
+    for (const file of files) {
+      if (!REFERENCE_TYPES.includes(file.type)) problem = `${file.name} is not a PNG, JPEG or WebP image.`;
+      else if (file.size > REFERENCE_MAX_BYTES) problem = `${file.name} is larger than 10 MB.`;
+    }
+    referencesEl.setCustomValidity(problem);
+    return files;
+  }
+
+  function readAsDataUrl(file) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+  }
+
   function checkSeed() {
     const text = seedEl.value.trim();
     const valid = !text || (/^\d{1,20}$/.test(text) && BigInt(text) <= MAX_SEED);
@@ -161,8 +193,10 @@
   async function generate(event) {
     event.preventDefault();
     const firstSeed = checkSeed();
+    const files = checkReferences();
     if (!form.reportValidity()) return;
     const model = currentModel();
+    const references = await Promise.all(files.map(readAsDataUrl));
     const [width, height] = chosenSize();
     const count = Number(countEl.value) || 1;
     const base = {
@@ -172,6 +206,7 @@
       height,
       steps: Number(stepsEl.value),
       guidance: guidanceEl.disabled ? null : Number(guidanceEl.value),
+      references: references.length,
     };
     const entries = [];
     for (let i = 0; i < count; i += 1) {
@@ -179,10 +214,13 @@
       entries.push({ ...base, seed, id: `local-${Date.now()}-${i}` });
     }
     const cards = entries.map((entry, i) => card(entry, `Image ${i + 1} of ${count}`));
+    // The images go with the request, not into the gallery (localStorage is small).
+    const inputs = Object.fromEntries(references.map(
+      (uri, i) => [i ? `input_image_${i + 1}` : "input_image", uri]));
     galleryEl.prepend(...cards.map((c) => c.node));
     updateEmpty();
     announce(count === 1 ? "Generating 1 image…" : `Generating ${count} images…`);
-    const outcomes = await Promise.all(entries.map((entry, i) => run(entry, cards[i])));
+    const outcomes = await Promise.all(entries.map((entry, i) => run(entry, cards[i], inputs)));
     const failures = outcomes.filter((outcome) => outcome !== true);
     if (!failures.length) {
       announce(count === 1 ? "Your image is ready." : `All ${count} images are ready.`);
@@ -195,10 +233,10 @@
   }
 
   // One job: submit, poll, show. Resolves true when its image is ready, else the reason.
-  async function run(entry, view) {
-    const { seed, model, guidance, ...fields } = entry;
+  async function run(entry, view, inputs = {}) {
+    const { seed, model, guidance, references, ...fields } = entry;
     delete fields.id;
-    const payload = { ...fields, output_format: "jpeg" };
+    const payload = { ...fields, ...inputs, output_format: "jpeg" };
     if (guidance !== null) payload.guidance = guidance;
     // The seed goes in as written: a Number would round seeds past 2^53.
     const body = `${JSON.stringify(payload).slice(0, -1)},"seed":${seed}}`;
@@ -299,6 +337,7 @@
       ["Size", `${entry.width}×${entry.height}`],
       ["Steps", entry.steps],
       ...(entry.guidance !== null && entry.guidance !== undefined ? [["Guidance", entry.guidance]] : []),
+      ...(entry.references ? [["References", entry.references]] : []),
       ["Seed", entry.seed],
     ];
     return el("dl", { class: "params" },
@@ -442,6 +481,7 @@
   modelEl.addEventListener("change", applyModel);
   sizeEl.addEventListener("change", applySize);
   seedEl.addEventListener("input", checkSeed);
+  referencesEl.addEventListener("change", () => { checkReferences(); referencesEl.reportValidity(); });
   promptEl.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();
