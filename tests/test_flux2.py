@@ -495,3 +495,19 @@ def test_images_download_in_the_requested_format(client):
     result = poll_result(client, response.json()["id"])
     data = client.get(result["result"]["sample"]).content
     assert Image.open(io.BytesIO(data)).format == "PNG"
+
+
+def test_cancel_stops_a_flux2_job_between_steps(flux2_runners):
+    from fluxserve.errors import GenerationCancelled
+
+    steps: list[int] = []
+    with pytest.raises(GenerationCancelled):
+        flux2_runners[0].generate(
+            _request("tiny-flux2-dev", seed=1, steps=4), GenerationInputs(),
+            lambda done, total: steps.append(done), lambda: bool(steps),
+        )  # fmt: skip
+    assert steps == [1]  # progress was reported, and the loop stopped after the first step
+
+
+def test_warm_up_runs_on_flux2(flux2_runners):
+    flux2_runners[0].warm_up([(64, 64)])  # every model, its own guidance (none on [klein])

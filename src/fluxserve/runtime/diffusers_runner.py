@@ -221,7 +221,7 @@ class FluxRunner:
                 continue  # on demand: it warms up with its first job
             spec = model.spec
             for width, height in sizes or [size_for_aspect(1.0, spec.base_area)]:
-                request = warmup_request(name, spec.kind, width, height)
+                request = warmup_request(name, spec, width, height)
                 inputs = warmup_inputs(spec.kind, width, height)
                 self.generate(request, inputs, lambda done, total: None, lambda: False)
                 logger.info("%s warmed up at %dx%d", name, width, height)
@@ -410,15 +410,17 @@ def kontext_area(request: GenerationRequest) -> dict[str, Any]:
 WARMUP_STEPS = 2
 
 
-def warmup_request(model: str, kind: ModelKind, width: int, height: int) -> GenerationRequest:
-    task = {ModelKind.KONTEXT: Task.EDIT, ModelKind.FILL: Task.FILL}.get(kind, Task.TEXT_TO_IMAGE)
+def warmup_request(model: str, spec: ModelSpec, width: int, height: int) -> GenerationRequest:
+    task = {ModelKind.KONTEXT: Task.EDIT, ModelKind.FILL: Task.FILL}.get(
+        spec.kind, Task.TEXT_TO_IMAGE
+    )
     return GenerationRequest(
         model=model,
         prompt="warm-up",
         width=width,
         height=height,
         steps=WARMUP_STEPS,
-        guidance=3.5,
+        guidance=spec.effective_guidance(None),
         seed=0,
         task=task,
     )
