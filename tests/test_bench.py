@@ -242,3 +242,43 @@ def test_quality_compares_each_tier_with_lossless(tmp_path, capsys):
         assert row["identical"] or math.isfinite(row["psnr"])
         assert -1.0 <= row["ssim"] <= 1.0
     assert "mean vs lossless" in capsys.readouterr().out
+
+
+def test_bench_random_weights_builds_flux2(tmp_path, monkeypatch):
+    """flux2-klein-4b and flux2-dev through the same path, at tiny widths (full size needs a
+    big GPU; their full-size parameter counts are checked in test_flux2.py)."""
+    from fluxserve.runtime import fullsize_flux2
+
+    # Deep enough for the hidden states the pipelines stack (up to layer 30), 16 wide.
+    text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 31,
+            "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 8}  # fmt: skip
+    tiny = {"num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
+            "num_attention_heads": 2, "axes_dims_rope": (4, 4, 4, 4),
+            "in_channels": 16}  # fmt: skip
+    vae = {"block_out_channels": (8, 8, 8, 8), "layers_per_block": 1, "latent_channels": 4,
+           "norm_num_groups": 4}  # fmt: skip
+    for name in ("flux2-klein-4b", "flux2-dev"):
+        full = fullsize_flux2.FLUX2_CONFIGS[name]
+        if name == "flux2-dev":
+            vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                      "num_attention_heads": 2, "head_dim": 8, "image_size": 32,
+                      "patch_size": 8}  # fmt: skip
+            encoder = {"text": {**full.text_encoder["text"], **text}, "vision": vision}
+        else:
+            encoder = {**full.text_encoder, **text}
+        small_config = replace(
+            full, transformer={**full.transformer, **tiny, "joint_attention_dim": 48},
+            text_encoder=encoder, vae=vae,
+        )  # fmt: skip
+        monkeypatch.setitem(fullsize_flux2.FLUX2_CONFIGS, name, small_config)
+        out = tmp_path / f"{name}.json"
+        code = main([
+            "bench", "--model", name, "--random-weights", "--device", "cpu",
+            "--data-dir", str(tmp_path / "data"), "--runs", "1", "--warmup", "0",
+            "--batch", "1", "--tiers", "lossless", "--size", "64x64", "--steps", "1",
+            "--json", str(out), "--order", "sequential",
+        ])  # fmt: skip
+        assert code == 0, name
+        rows = json.loads(out.read_text())["results"]
+        assert [(r["engine"], r["tier"]) for r in rows] == [("diffusers", None),
+                                                            ("fluxserve", "lossless")]  # fmt: skip

@@ -15,7 +15,7 @@ show whether they add up to 4B and 9B.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -80,6 +80,7 @@ class Flux2FullsizeConfig:
     pipeline_class: type
     transformer: dict[str, Any]
     text_encoder: dict[str, Any]  # Qwen3's config, or Mistral3's text and vision parts
+    vae: dict[str, Any] = field(default_factory=dict)  # diffusers' defaults are FLUX.2's
 
     def text_encoder_module(self) -> nn.Module:
         if self.pipeline_class is Flux2Pipeline:
@@ -108,7 +109,7 @@ def flux2_modules_on_meta(name: str) -> dict[str, nn.Module]:
     with init_empty_weights(include_buffers=False):
         modules = {
             "transformer": Flux2Transformer2DModel(**config.transformer),
-            "vae": AutoencoderKLFlux2(),
+            "vae": AutoencoderKLFlux2(**config.vae),
             "text_encoder": config.text_encoder_module(),
         }
     for module in modules.values():
