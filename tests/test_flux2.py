@@ -511,3 +511,21 @@ def test_cancel_stops_a_flux2_job_between_steps(flux2_runners):
 
 def test_warm_up_runs_on_flux2(flux2_runners):
     flux2_runners[0].warm_up([(64, 64)])  # every model, its own guidance (none on [klein])
+
+
+def test_safety_provenance_and_webhook_fields_apply_to_flux2(client):
+    """The shared checks run on FLUX.2 jobs: a refused prompt is Request Moderated (with
+    its verdict), and a result carries its generation metadata."""
+    response = client.post("/v1/flux-2-klein-4b", json={"prompt": "csam", "width": 64,
+                                                          "height": 64})  # fmt: skip
+    result = poll_result(client, response.json()["id"])
+    assert result["status"] == "Request Moderated"
+    assert result["details"]["verdicts"]
+    body = {"prompt": PROMPT, "width": 64, "height": 64, "output_format": "png", "seed": 9}
+    response = client.post("/v1/flux-2-pro", json=body)
+    sample = poll_result(client, response.json()["id"])["result"]["sample"]
+    info = Image.open(io.BytesIO(client.get(sample).content)).info
+    assert "tiny-flux2-dev" in json.dumps(info, default=str)
+    assert "9" in json.dumps(info, default=str)
+    bad_hook = {"prompt": PROMPT, "webhook_url": "ftp://example.com/hook"}
+    assert client.post("/v1/flux-2-pro", json=bad_hook).status_code == 422
