@@ -5,6 +5,12 @@ from __future__ import annotations
 from fluxserve.errors import ConfigurationError, ModelNotAvailable
 from fluxserve.specs import FLUX2_KINDS, ModelKind, ModelSpec
 
+# fal's FLUX.2 [klein] ids below fal-ai/flux-2/: klein/4b, klein/4b/edit, klein/4b/base, ...
+FAL_KLEIN_SUBPATHS = tuple(
+    f"klein/{size}{base}{edit}"
+    for size in ("4b", "9b") for base in ("", "/base") for edit in ("", "/edit")
+)  # fmt: skip
+
 # The kind of model each endpoint name stands for. The pro names are the hosted quality
 # tier, served by a guidance-distilled (dev-kind) model unless the operator maps them
 # elsewhere with --alias; the Kontext and Fill names need a model of that kind.

@@ -37,7 +37,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from fluxserve.runtime.fullsize import COMPONENT_SEEDS, materialise
+from fluxserve.runtime.random_weights import COMPONENT_SEEDS, materialise
 from fluxserve.runtime.tiny_flux2 import build_tokenizer
 
 # FLUX.2 [dev]: 8 double-stream and 48 single-stream blocks of width 48 x 128 = 6144; the

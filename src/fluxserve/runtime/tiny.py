@@ -39,34 +39,21 @@ from transformers import (
     T5TokenizerFast,
 )
 
+from fluxserve.runtime.tiny_parts import SCHEDULER, SEED, bytes_to_unicode
 from fluxserve.specs import TINY_MARKER
 
 logger = logging.getLogger(__name__)
 
 MARKER = TINY_MARKER
 
-SEED = 0
 CLIP_MAX_LENGTH = 77  # as FLUX.1's CLIP-L
 T5_MAX_LENGTH = 512  # as FLUX.1's T5-XXL
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte-to-printable-character table, which CLIP's byte-level BPE uses."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    chars = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, chars), strict=True))
 
 
 def build_clip_tokenizer() -> CLIPTokenizer:
     # Every byte as a token, with and without CLIP's end-of-word suffix; no merges.
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in _bytes_to_unicode().values():
+    for char in bytes_to_unicode().values():
         vocab.setdefault(char, len(vocab))
         vocab.setdefault(char + "</w>", len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=CLIP_MAX_LENGTH)
@@ -154,14 +141,7 @@ def build_tiny_pipeline(variant: str = "tiny"):
             decoder_start_token_id=0,
         )
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's schedule settings
-        base_image_seq_len=256,
-        base_shift=0.5,
-        max_image_seq_len=4096,
-        max_shift=1.15,
-        shift=3.0,
-        use_dynamic_shifting=True,
-    )
+    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER)
     return pipeline_class(
         scheduler=scheduler,
         vae=vae,
@@ -175,7 +155,7 @@ def build_tiny_pipeline(variant: str = "tiny"):
 
 def build_variant(variant: str):
     """Any tiny model by name: FLUX.1's here, FLUX.2's in tiny_flux2."""
-    from fluxserve.runtime import tiny_flux2  # it builds on this module's tokenizer table
+    from fluxserve.runtime import tiny_flux2  # only when a FLUX.2 model is built
 
     if variant in tiny_flux2.VARIANTS:
         return tiny_flux2.build_tiny_flux2_pipeline(variant)

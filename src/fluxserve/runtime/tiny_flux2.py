@@ -32,7 +32,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from fluxserve.runtime.tiny import SEED, _bytes_to_unicode
+from fluxserve.runtime.tiny_parts import SCHEDULER, SEED, bytes_to_unicode
 
 HIDDEN = 16  # the text encoders' width; joint_attention_dim = HIDDEN x len(OUT_LAYERS)
 OUT_LAYERS = (1, 2)  # which hidden states the pipelines stack (real models: 3 of ~36)
@@ -51,7 +51,7 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
-    for char in _bytes_to_unicode().values():
+    for char in bytes_to_unicode().values():
         vocab.setdefault(char, len(vocab))
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -67,34 +67,22 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def _language_model(vocab_size: int) -> dict:
+    """The decoder settings both text encoders share (Qwen3's and Mistral's)."""
+    return {
+        "vocab_size": vocab_size, "hidden_size": HIDDEN, "intermediate_size": 32,
+        "num_hidden_layers": max(OUT_LAYERS), "num_attention_heads": 2,
+        "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": MAX_LENGTH,
+        "pad_token_id": 0,
+    }  # fmt: skip
+
+
 def _qwen3(vocab_size: int) -> Qwen3ForCausalLM:
-    return Qwen3ForCausalLM(
-        Qwen3Config(
-            vocab_size=vocab_size,
-            hidden_size=HIDDEN,
-            intermediate_size=32,
-            num_hidden_layers=max(OUT_LAYERS),
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            head_dim=8,
-            max_position_embeddings=MAX_LENGTH,
-            pad_token_id=0,
-        )
-    )
+    return Qwen3ForCausalLM(Qwen3Config(**_language_model(vocab_size)))
 
 
 def _mistral3(vocab_size: int) -> Mistral3ForConditionalGeneration:
-    text = MistralConfig(
-        vocab_size=vocab_size,
-        hidden_size=HIDDEN,
-        intermediate_size=32,
-        num_hidden_layers=max(OUT_LAYERS),
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=8,
-        max_position_embeddings=MAX_LENGTH,
-        pad_token_id=0,
-    )
+    text = MistralConfig(**_language_model(vocab_size))
     vision = PixtralVisionConfig(
         hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         head_dim=8, image_size=32, patch_size=8,
@@ -137,14 +125,7 @@ def build_tiny_flux2_pipeline(variant: str = "tiny-flux2"):
         norm_num_groups=4,
         sample_size=64,
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        base_image_seq_len=256,
-        base_shift=0.5,
-        max_image_seq_len=4096,
-        max_shift=1.15,
-        shift=3.0,
-        use_dynamic_shifting=True,
-    )
+    scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER)
     components = {
         "scheduler": scheduler, "vae": vae, "text_encoder": text_encoder,
         "tokenizer": tokenizer, "transformer": transformer,

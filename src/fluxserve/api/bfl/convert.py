@@ -139,17 +139,27 @@ def kontext_request(
     """Kontext: edit the input image(s) as the prompt says, or draw from text alone (on a
     Kontext model, or natively on a FLUX.2 one)."""
     names, references = _references(inputs, spec, reader)
-    width, height = imageprep.edit_size(spec, inputs.aspect_ratio, references)
-    prepared = imageprep.prepare_edit(spec, references, width, height, names)
+    size = imageprep.edit_size(spec, inputs.aspect_ratio, references)
+    return _edit_request(endpoint, inputs, spec, (names, references), size, None, None, "png")
+
+
+def _edit_request(
+    endpoint: str, inputs: FluxKontextProInputs | _Flux2Common, spec: ModelSpec,
+    named: tuple[list[str], list[Image.Image]], size: tuple[int, int], steps: int | None,
+    guidance: float | None, default_format: str,
+) -> tuple[GenerationRequest, Prepared]:  # fmt: skip
+    """An edit (or, without references, text-to-image) on a Kontext or FLUX.2 model."""
+    names, references = named
+    prepared = imageprep.prepare_edit(spec, references, *size, names)
     request = GenerationRequest(
         prompt=inputs.prompt,
-        width=width,
-        height=height,
-        steps=spec.effective_steps(None),
-        guidance=spec.effective_guidance(None),
+        width=size[0],
+        height=size[1],
+        steps=spec.effective_steps(steps),
+        guidance=spec.effective_guidance(guidance),
         task=imageprep.edit_task(spec, prepared),
         reference_sizes=prepared.sizes(),
-        **_common(endpoint, inputs, spec, "png"),
+        **_common(endpoint, inputs, spec, default_format),
     )
     return request, prepared
 
@@ -174,25 +184,14 @@ def flux2_request(
 ) -> tuple[GenerationRequest, Prepared]:
     """FLUX.2: text-to-image, or an edit of up to 8 (4 on [klein]) reference images read
     natively by the model; the size is given, else the first reference's, else square."""
-    names, references = _references(inputs, spec, reader)
-    width, height = imageprep.flux2_size(spec, inputs.width, inputs.height, references)
-    prepared = imageprep.prepare_edit(spec, references, width, height, names)
+    named = _references(inputs, spec, reader)
+    size = imageprep.flux2_size(spec, inputs.width, inputs.height, named[1])
     steps = getattr(inputs, "steps", None)
     guidance = getattr(inputs, "guidance", None)
     if isinstance(inputs, Flux2FlexInputs) and spec.uses_guidance:
         steps = steps or min(FLEX_STEPS, spec.max_steps)
         guidance = guidance if guidance is not None else FLEX_GUIDANCE
-    request = GenerationRequest(
-        prompt=inputs.prompt,
-        width=width,
-        height=height,
-        steps=spec.effective_steps(steps),
-        guidance=spec.effective_guidance(guidance),
-        task=imageprep.edit_task(spec, prepared),
-        reference_sizes=prepared.sizes(),
-        **_common(endpoint, inputs, spec, "jpeg"),
-    )
-    return request, prepared
+    return _edit_request(endpoint, inputs, spec, named, size, steps, guidance, "jpeg")
 
 
 def fill_request(
