@@ -529,3 +529,10 @@ def test_safety_provenance_and_webhook_fields_apply_to_flux2(client):
     assert "9" in json.dumps(info, default=str)
     bad_hook = {"prompt": PROMPT, "webhook_url": "ftp://example.com/hook"}
     assert client.post("/v1/flux-2-pro", json=bad_hook).status_code == 422
+
+
+def test_fal_kontext_ids_run_on_flux2_when_no_kontext_model_is_loaded(client):
+    body = {"image_urls": image_urls(2)}
+    (image,) = fal_run(client, "fal-ai/flux-pro/kontext/multi", body)["images"]
+    assert image["width"] > image["height"]  # the first reference's shape
+    assert newest_job(client).request.reference_sizes == ((96, 64), (112, 64))
