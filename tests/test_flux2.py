@@ -166,7 +166,7 @@ def test_references_are_checked_and_stored_at_most_one_megapixel():
 def test_the_price_table(tmp_path):
     request = GenerationRequest(model="m", prompt="p", width=2048, height=1024, steps=4,
                                 guidance=None, seed=1, endpoint="flux-2-pro", num_images=2,
-                                reference_sizes=((1000, 1000),))  # fmt: skip
+                                input_sizes=((1000, 1000),))  # fmt: skip
     assert PriceTable().cost(request) == 0.0
     table = tmp_path / "prices.json"
     table.write_text(json.dumps({"flux-2-pro": {"first_mp": 3, "extra_mp": 1.5, "input_mp": 1}}))
@@ -179,16 +179,16 @@ def test_the_price_table(tmp_path):
         PriceTable.load(table)
 
 
-def test_a_requests_reference_sizes_survive_the_job_table_and_split_batches():
+def test_a_requests_input_sizes_survive_the_job_table_and_split_batches():
     request = GenerationRequest(
         model="m", prompt="p", width=256, height=256, steps=4, guidance=None, seed=1,
-        reference_sizes=((96, 64), (64, 64)),
+        input_sizes=((96, 64), (64, 64)),
     )  # fmt: skip
     again = GenerationRequest.from_dict(json.loads(json.dumps(request.to_dict())))
     assert again == request
-    other = dataclasses.replace(request, reference_sizes=((96, 64),))
+    other = dataclasses.replace(request, input_sizes=((96, 64),))
     assert other.batch_key != request.batch_key
-    plain = dataclasses.replace(request, reference_sizes=())
+    plain = dataclasses.replace(request, input_sizes=())
     assert "x" not in plain.batch_key.rsplit("|", 1)[1]  # FLUX.1 keys are unchanged
 
 
@@ -338,7 +338,7 @@ def test_the_flux2_job_is_what_the_request_says(client):
     assert (request.model, request.task, request.steps, request.guidance) == (
         "tiny-flux2", Task.EDIT, 4, None,
     )  # fmt: skip
-    assert request.reference_sizes == ((96, 64), (112, 64))
+    assert request.input_sizes == ((96, 64), (112, 64))
     assert (request.width, request.height) == (128, 256)
     flex, _ = bfl_run(client, "flux-2-flex", {"width": 128, "height": 128})
     flex_job = client.app.state.services.store.get(flex["id"])
@@ -481,7 +481,7 @@ def test_openai_generates_and_edits_on_flux2(client):
     assert fetch_image(client, response.json()["data"][0]["url"]).size == (96, 64)
     job = newest_job(client)
     assert job.request.task is Task.EDIT
-    assert len(job.request.reference_sizes) == 8
+    assert len(job.request.input_sizes) == 8
     before = job_count(client)
     response = client.post("/v1/images/edits", data={"prompt": PROMPT, "model": "tiny-flux2"},
                            files=files[:5])  # fmt: skip
@@ -535,4 +535,4 @@ def test_fal_kontext_ids_run_on_flux2_when_no_kontext_model_is_loaded(client):
     body = {"image_urls": image_urls(2)}
     (image,) = fal_run(client, "fal-ai/flux-pro/kontext/multi", body)["images"]
     assert image["width"] > image["height"]  # the first reference's shape
-    assert newest_job(client).request.reference_sizes == ((96, 64), (112, 64))
+    assert newest_job(client).request.input_sizes == ((96, 64), (112, 64))

@@ -74,16 +74,16 @@ class GenerationRequest:
     # Blob keys of the job's input images (stored with the job, so a retry finds them).
     input_keys: tuple[str, ...] = ()
     mask_key: str | None = None
-    # (width, height) of each reference image as stored: an edit's batch key, and BFL's
-    # input_mp.
-    reference_sizes: tuple[tuple[int, int], ...] = ()
+    # (width, height) of each input image as stored (set by JobService.submit): part of an
+    # edit's batch key, and BFL's input_mp.
+    input_sizes: tuple[tuple[int, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["output_format"] = self.output_format.value
         data["task"] = self.task.value
         data["input_keys"] = list(self.input_keys)
-        data["reference_sizes"] = [list(size) for size in self.reference_sizes]
+        data["input_sizes"] = [list(size) for size in self.input_sizes]
         return data
 
     @classmethod
@@ -93,24 +93,22 @@ class GenerationRequest:
         values["output_format"] = OutputFormat(values.get("output_format", "jpeg"))
         values["task"] = Task(values.get("task", Task.TEXT_TO_IMAGE.value))
         values["input_keys"] = tuple(values.get("input_keys", ()))
-        values["reference_sizes"] = tuple(
-            (int(w), int(h)) for w, h in values.get("reference_sizes", ())
-        )
+        values["input_sizes"] = tuple((int(w), int(h)) for w, h in values.get("input_sizes", ()))
         return cls(**values)
 
     @property
     def input_megapixels(self) -> float:
-        return sum(w * h for w, h in self.reference_sizes) / 1e6
+        return sum(w * h for w, h in self.input_sizes) / 1e6
 
     @property
     def batch_key(self) -> str:
         """Jobs with equal keys can run as one batch: same model, task, size, steps,
         guidance, strength, speed tier, image count, and the count and sizes of the
-        reference images (prompts and seeds may differ)."""
+        input images (prompts and seeds may differ)."""
         parts = [self.model, self.task.value, f"{self.width}x{self.height}", self.steps,
                  self.guidance, self.strength, self.acceleration, self.num_images]  # fmt: skip
-        if self.reference_sizes:  # absent before FLUX.2: older keys stay as they were
-            parts.append(",".join(f"{w}x{h}" for w, h in self.reference_sizes))
+        if self.input_sizes:  # absent before FLUX.2: older keys stay as they were
+            parts.append(",".join(f"{w}x{h}" for w, h in self.input_sizes))
         return "|".join(str(part) for part in parts)
 
     @property

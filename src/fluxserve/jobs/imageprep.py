@@ -36,10 +36,6 @@ class Prepared:
         """``(images, mask)``, as JobService.submit takes them."""
         return self.images, self.mask
 
-    def sizes(self) -> tuple[tuple[int, int], ...]:
-        """Each stored image's (width, height): the request's ``reference_sizes``."""
-        return tuple(image.size for image in self.images)
-
 
 def edit_size(spec: ModelSpec, aspect_ratio: str | None, references: list[Image.Image],
               field_name: str = "aspect_ratio") -> tuple[int, int]:  # fmt: skip

@@ -116,7 +116,10 @@ class JobService:
             self._delete_blobs(job_id)
             raise
         if stored or mask_key:
-            request = dataclasses.replace(request, input_keys=tuple(stored), mask_key=mask_key)
+            sizes = tuple(image.size for image in images)
+            request = dataclasses.replace(
+                request, input_keys=tuple(stored), mask_key=mask_key, input_sizes=sizes
+            )
         job = Job(id=job_id, request=request, created_at=time.time(), report=report, **owned)
         try:
             created = self._create(job, submission)

@@ -104,8 +104,7 @@ def text_to_image_request(
     imageprep.check_reference_count(spec, names)
     images = [reader.open(value, name) for name, value in named]
     prepared = imageprep.prepare_edit(spec, images, request.width, request.height, names)
-    edit = {"task": Task.EDIT, "reference_sizes": prepared.sizes()}
-    return dataclasses.replace(request, **edit), prepared
+    return dataclasses.replace(request, task=Task.EDIT), prepared
 
 
 def with_image_prompt(
@@ -158,7 +157,6 @@ def _edit_request(
         steps=spec.effective_steps(steps),
         guidance=spec.effective_guidance(guidance),
         task=imageprep.edit_task(spec, prepared),
-        reference_sizes=prepared.sizes(),
         **_common(endpoint, inputs, spec, default_format),
     )
     return request, prepared

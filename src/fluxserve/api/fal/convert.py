@@ -109,7 +109,6 @@ def kontext_dev_request(
         guidance=spec.effective_guidance(inputs.guidance_scale),
         acceleration=_acceleration(inputs),
         task=Task.EDIT,
-        reference_sizes=prepared.sizes(),
         **_common(endpoint, inputs, spec),
     )
     return request, prepared
@@ -130,7 +129,6 @@ def kontext_pro_request(
         steps=spec.effective_steps(None),
         guidance=spec.effective_guidance(inputs.guidance_scale),
         task=imageprep.edit_task(spec, prepared),
-        reference_sizes=prepared.sizes(),
         **_common(endpoint, inputs, spec),
     )
     return request, prepared
@@ -212,7 +210,6 @@ def flux2_request(
         guidance=spec.effective_guidance(guidance),
         acceleration=_acceleration(inputs),
         task=imageprep.edit_task(spec, prepared),
-        reference_sizes=prepared.sizes(),
         **common,
     )
     return request, prepared

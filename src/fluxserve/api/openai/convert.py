@@ -252,7 +252,6 @@ def to_edit_request(
         **_common_fields(body, spec),
         task=task,
         strength=strength,
-        reference_sizes=prepared.sizes() if task is Task.EDIT else (),
     )
     return request, prepared
 
