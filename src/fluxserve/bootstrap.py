@@ -86,6 +86,7 @@ class Services:
             self.settings.result_url_ttl,
             policy,
             Admission(key_store, self.settings.max_queue),
+            self.settings.max_images_per_request,
         )
         self.images = ImageReader(self.settings.image_limits, self.settings.url_policy)
         self.prices = PriceTable.load(self.settings.price_table)

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 S3_MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs live at most a week
+MAX_IMAGES_CAP = 100  # the wire models' bound on images per request, whatever the setting
 
 
 def default_data_dir() -> Path:
@@ -140,6 +141,20 @@ class Settings(BaseSettings):
         "auto",
         description="API keys: required (every request needs a key made with `fluxserve keys "
         "create`), off, or auto (required when --host is not a loopback address).",
+    )
+    ultra_megapixels: float = Field(
+        2.0,
+        ge=0.25,
+        le=4.0,
+        description="Size of /v1/flux-pro-1.1-ultra's images on a FLUX.1 model, in megapixels "
+        "(FLUX.1 degrades past about 2); a FLUX.2 model makes 4.",
+    )
+    max_images_per_request: int = Field(
+        10,
+        ge=1,
+        le=MAX_IMAGES_CAP,
+        description="Images one request may ask for (fal's num_images, OpenAI's n), made as "
+        "one batch; a request still counts as one active task.",
     )
     max_queue: int = Field(
         1000,

@@ -77,6 +77,9 @@ class GenerationRequest:
     # (width, height) of each input image as stored (set by JobService.submit): part of an
     # edit's batch key, and BFL's input_mp.
     input_sizes: tuple[tuple[int, int], ...] = ()
+    # What the dialect could not honour as asked (a size, a field); JobService.submit puts
+    # these in the job's notes, so no documented field is dropped silently.
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -84,6 +87,7 @@ class GenerationRequest:
         data["task"] = self.task.value
         data["input_keys"] = list(self.input_keys)
         data["input_sizes"] = [list(size) for size in self.input_sizes]
+        data["notes"] = list(self.notes)
         return data
 
     @classmethod
@@ -93,6 +97,7 @@ class GenerationRequest:
         values["output_format"] = OutputFormat(values.get("output_format", "jpeg"))
         values["task"] = Task(values.get("task", Task.TEXT_TO_IMAGE.value))
         values["input_keys"] = tuple(values.get("input_keys", ()))
+        values["notes"] = tuple(values.get("notes", ()))
         values["input_sizes"] = tuple((int(w), int(h)) for w, h in values.get("input_sizes", ()))
         return cls(**values)
 

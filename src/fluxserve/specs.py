@@ -23,6 +23,7 @@ class ModelKind(StrEnum):
     SCHNELL = "schnell"  # timestep-distilled: few steps, no guidance input
     DEV = "dev"  # guidance-distilled: guidance is an input of the transformer
     TEST = "test"  # random weights; answers every text-to-image endpoint
+    KREA = "krea"  # FLUX.1 Krea [dev]: [dev]'s architecture, natural photographs (raw mode)
     KONTEXT = "kontext"  # editing with reference images (FluxKontextPipeline)
     FILL = "fill"  # inpainting / outpainting with a mask (FluxFillPipeline)
     # FLUX.2: text-to-image and native multi-reference editing in one model.
@@ -38,6 +39,7 @@ KIND_TASKS: dict[ModelKind, frozenset[Task]] = {
     ModelKind.SCHNELL: frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE}),
     ModelKind.DEV: frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE}),
     ModelKind.TEST: frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE}),
+    ModelKind.KREA: frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE}),
     ModelKind.KONTEXT: frozenset({Task.EDIT}),
     ModelKind.FILL: frozenset({Task.FILL}),
     ModelKind.FLUX2_KLEIN: frozenset({Task.TEXT_TO_IMAGE, Task.EDIT}),
@@ -156,6 +158,17 @@ MODEL_SPECS: dict[str, ModelSpec] = {
             max_sequence_length=512,
             licence=DEV_LICENCE,
             description="FLUX.1 [dev]: guidance-distilled text-to-image",
+        ),
+        ModelSpec(
+            name="flux-krea-dev",
+            source="black-forest-labs/FLUX.1-Krea-dev",
+            kind=ModelKind.KREA,
+            default_steps=28,
+            max_steps=50,
+            default_guidance=4.5,  # the model card's and fal's default
+            max_sequence_length=512,
+            licence=DEV_LICENCE,
+            description="FLUX.1 Krea [dev]: natural, photographic text-to-image (Ultra's raw)",
         ),
         ModelSpec(
             name="flux-kontext-dev",
@@ -287,6 +300,8 @@ def infer_spec(name: str, model_dir: Path | None) -> ModelSpec:
     config = _read_json(model_dir, "transformer/config.json")
     guidance_embeds = bool(config.get("guidance_embeds", guidance_embeds))
     base = MODEL_SPECS["flux-dev" if guidance_embeds else "flux-schnell"]
+    if guidance_embeds and "krea" in name.lower():  # Krea's weights, [dev]'s architecture
+        base = MODEL_SPECS["flux-krea-dev"]
     return replace(base, name=name, source=source)
 
 

@@ -64,6 +64,10 @@ OPENAI_CODES: dict[type[FluxserveError], str] = {
 OPENAI_PREFIXES = ("/v1/images", "/v1/models")
 
 
+# The domain's names for fields OpenAI's API calls otherwise.
+OPENAI_FIELDS = {"num_images": "n"}
+
+
 def dialect_of(path: str) -> str:
     if path.startswith(OPENAI_PREFIXES):
         return "openai"
@@ -153,7 +157,7 @@ def _error_response(request: Request, exc: FluxserveError) -> JSONResponse:
         message = "Internal server error."
     dialect = dialect_of(request.url.path)
     if dialect == "openai":
-        field = getattr(exc, "field", None)
+        field = OPENAI_FIELDS.get(getattr(exc, "field", None), getattr(exc, "field", None))
         if isinstance(exc, InvalidRequest | ModelNotAvailable):
             status = 400  # the SDK's BadRequestError: a parameter the caller can change
         code = next((OPENAI_CODES[c] for c in type(exc).__mro__ if c in OPENAI_CODES), None)

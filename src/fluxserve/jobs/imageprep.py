@@ -15,7 +15,7 @@ from fluxserve.domain import Task
 from fluxserve.errors import InvalidRequest
 from fluxserve.images import ops as imageops
 from fluxserve.images.sizing import GRID, fit_size, parse_aspect_ratio, size_for_aspect
-from fluxserve.specs import ModelSpec
+from fluxserve.specs import ModelKind, ModelSpec
 
 RESAMPLE = Image.Resampling.LANCZOS
 # Image-to-image strength when a client gives none: fal's default for FLUX.1 [dev]. The
@@ -49,6 +49,67 @@ def edit_size(spec: ModelSpec, aspect_ratio: str | None, references: list[Image.
     else:
         ratio = 1.0
     return size_for_aspect(ratio, spec.base_area)
+
+
+# Ultra: FLUX.2 makes about 4 MP natively; FLUX.1 degrades past about 2 (--ultra-megapixels).
+# A "megapixel" here is the model's native area (1024x1024 for the real models, 256x256 for
+# the tiny ones), so the tiny models keep the same proportions at test sizes.
+ULTRA_FLUX2_MEGAPIXELS = 4.0
+
+
+def ultra_size(spec: ModelSpec, aspect_ratio: str, flux1_megapixels: float,
+               field_name: str = "aspect_ratio") -> tuple[int, int, str]:  # fmt: skip
+    """Ultra's output at ``aspect_ratio``: about 4 MP on a FLUX.2 model, else
+    ``flux1_megapixels``; with the note that says which size was made and why."""
+    ratio = parse_aspect_ratio(aspect_ratio, field_name)
+    megapixels = ULTRA_FLUX2_MEGAPIXELS if spec.is_flux2 else flux1_megapixels
+    width, height = size_for_aspect(ratio, int(megapixels * spec.base_area))
+    if spec.is_flux2 and width * height > spec.max_area:  # rounding up past 4 MP
+        width, height = fit_size(width, height, spec.max_area)
+    made = f"{width}x{height} ({width * height / spec.base_area:.1f} MP)"
+    if spec.is_flux2:
+        return width, height, f"Ultra: made {made} natively on {spec.name} (FLUX.2)"
+    why = (
+        f"Ultra: made {made} on {spec.name}, a FLUX.1 model, not 4 MP: FLUX.1 degrades "
+        f"past about 2 MP (--ultra-megapixels {flux1_megapixels:g}); a FLUX.2 model makes 4 MP"
+    )
+    return width, height, why
+
+
+def raw_notes(spec: ModelSpec, raw: bool) -> tuple[str, ...]:
+    """What Ultra's ``raw`` got: Krea (nothing to say), or the Ultra model with a note."""
+    if not raw or spec.kind is ModelKind.KREA:
+        return ()
+    return (
+        f"raw: no FLUX.1 Krea [dev] model is loaded (--model flux-krea-dev), so {spec.name} "
+        "made the image as without raw",
+    )
+
+
+@dataclass
+class ImagePrompt:
+    """An image prompt as the serving model takes it: FLUX.1 redraws it (image-to-image at
+    ``strength``), FLUX.2 reads it as a reference (edit)."""
+
+    prepared: Prepared
+    task: Task
+    strength: float | None
+    notes: tuple[str, ...] = ()
+
+
+def prepare_image_prompt(spec: ModelSpec, image: Image.Image, width: int, height: int,
+                         strength: float, steps: int, field_name: str = "image_prompt",
+                         strength_field: str = "strength") -> ImagePrompt:  # fmt: skip
+    """``image`` as the start of a ``width`` x ``height`` image on ``spec``."""
+    if spec.is_flux2:
+        prepared = prepare_edit(spec, [image], width, height, [field_name])
+        note = (
+            f"{strength_field} is not used on {spec.name}: FLUX.2 reads {field_name} as a "
+            "reference image"
+        )
+        return ImagePrompt(prepared, Task.EDIT, None, (note,))
+    check_strength(strength, steps, strength_field)
+    return ImagePrompt(prepare_image_to_image(image, width, height), Task.IMAGE_TO_IMAGE, strength)
 
 
 def prepare_edit(spec: ModelSpec, references: list[Image.Image], width: int, height: int,

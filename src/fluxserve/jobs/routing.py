@@ -30,6 +30,12 @@ ENDPOINT_KINDS: dict[str, ModelKind] = {
     "fal-ai/flux-1/schnell": ModelKind.SCHNELL,
     "fal-ai/flux-1/dev": ModelKind.DEV,
     "fal-ai/flux-pro/v1.1": ModelKind.DEV,
+    # Ultra: a FLUX.2 model when one is loaded, else a FLUX.1 [dev]-kind one (route()).
+    "flux-pro-1.1-ultra": ModelKind.DEV,
+    "fal-ai/flux-pro/v1.1-ultra": ModelKind.DEV,
+    "fal-ai/flux/krea": ModelKind.KREA,
+    "fal-ai/flux/krea/image-to-image": ModelKind.KREA,
+    "fal-ai/flux-1/krea": ModelKind.KREA,
     "fal-ai/flux-kontext/dev": ModelKind.KONTEXT,
     "fal-ai/flux-pro/kontext": ModelKind.KONTEXT,
     "fal-ai/flux-pro/kontext/max": ModelKind.KONTEXT,
@@ -86,7 +92,8 @@ FLUX2_STANDS_IN = frozenset(
     if kind in (ModelKind.KONTEXT, ModelKind.FLUX2_DEV)
 )  # fmt: skip
 # Kinds the tiny test model stands in for when no model of the kind is loaded.
-TEST_STANDS_IN_FOR = (ModelKind.DEV, ModelKind.SCHNELL, None)
+TEST_STANDS_IN_FOR = (ModelKind.DEV, ModelKind.SCHNELL, ModelKind.KREA, None)
+ULTRA_ENDPOINTS = frozenset({"flux-pro-1.1-ultra", "fal-ai/flux-pro/v1.1-ultra"})
 KIND_EXAMPLES: dict[ModelKind, str] = {
     ModelKind.KONTEXT: "a Kontext model such as flux-kontext-dev (or tiny-kontext)",
     ModelKind.FILL: "a Fill model such as flux-fill-dev (or tiny-fill)",
@@ -106,21 +113,25 @@ class ModelRouter:
                     f"loaded: {', '.join(models)}"
                 )
 
-    def route(self, endpoint: str) -> ModelSpec:
+    def route(self, endpoint: str, raw: bool = False) -> ModelSpec:
         """The spec of the model serving ``endpoint``; ModelNotAvailable when none does.
 
         Order: an operator alias, a model of that name, a model of the endpoint's kind,
         then (text-to-image endpoints only) the tiny test model. FLUX.2: a [klein] name
         wants that [klein] size; the other FLUX.2 names (and Kontext's, when no Kontext
         model is loaded) take [dev], else the largest FLUX.2 model; real weights before
-        tiny ones.
+        tiny ones. Ultra takes a FLUX.2 model, else a FLUX.1 [dev]-kind one; with ``raw``,
+        FLUX.1 Krea [dev] when it is loaded.
         """
         if endpoint in self.aliases:
             return self.models[self.aliases[endpoint]]
         if endpoint in self.models:
             return self.models[endpoint]
         kind = ENDPOINT_KINDS.get(endpoint)
-        if kind is ModelKind.FLUX2_KLEIN:
+        if endpoint in ULTRA_ENDPOINTS:
+            krea = self.first_of_kind(ModelKind.KREA) if raw else None
+            found = krea or self.ultra_model()
+        elif kind is ModelKind.FLUX2_KLEIN:
             found = self._klein(KLEIN_SIZES[endpoint], endpoint in WANTS_BASE)
         elif kind is ModelKind.FLUX2_DEV:
             found = self.largest_flux2()
@@ -162,6 +173,15 @@ class ModelRouter:
         dev = ModelKind.FLUX2_DEV
         flux2.sort(key=lambda s: (s.random_weights, s.kind is not dev, -s.parameters_b))
         return next(iter(flux2), None)
+
+    def ultra_model(self) -> ModelSpec | None:
+        """Ultra's model: FLUX.2 (4 MP natively) before FLUX.1 [dev], then Krea; real
+        weights before tiny ones."""
+        fits = (ModelKind.DEV, ModelKind.TEST, ModelKind.KREA)
+        ultra = [s for s in self.models.values() if s.is_flux2 or s.kind in fits]
+        ultra.sort(key=lambda s: (s.random_weights, not s.is_flux2, s.kind is ModelKind.KREA,
+                                  -s.parameters_b))  # fmt: skip
+        return next(iter(ultra), None)
 
     def table(self) -> dict[str, str | None]:
         """Every known endpoint with the model that serves it (None: not served)."""

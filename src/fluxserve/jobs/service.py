@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from fluxserve.domain import GenerationRequest, Job, JobStatus, Webhook
-from fluxserve.errors import JobNotFound
+from fluxserve.errors import InvalidRequest, JobNotFound
 from fluxserve.jobs.access import Admission
 from fluxserve.safety.policy import SafetyPolicy
 from fluxserve.storage.base import BlobStorage, input_key, job_prefixes
@@ -58,6 +58,7 @@ class JobService:
         url_ttl: int = 600,
         policy: SafetyPolicy | None = None,
         admission: Admission | None = None,
+        max_images: int = 10,
     ) -> None:
         self.store = store
         self.storage = storage
@@ -65,6 +66,7 @@ class JobService:
         self.url_ttl = url_ttl
         self.policy = policy or SafetyPolicy()
         self.admission = admission
+        self.max_images = max_images  # per request, every dialect (--max-images-per-request)
 
     def submit(
         self,
@@ -83,12 +85,20 @@ class JobService:
         prompt the safety policy refuses makes a job that has already ended,
         request_moderated, and queues nothing.
         """
+        if request.num_images > self.max_images:
+            raise InvalidRequest(
+                "num_images",
+                f"at most {self.max_images} images per request on this server "
+                f"(--max-images-per-request), got {request.num_images}",
+                request.num_images,
+            )
         if submission.idempotency_key is not None:
             earlier = self.store.find_idempotent(submission.owner, submission.idempotency_key)
             if earlier is not None:
                 return earlier
         job_id = str(uuid.uuid4())
         request, report, refusal = self.policy.admit(request)
+        report.notes[:0] = request.notes  # the dialect's, first
         owned = {
             "owner": submission.owner,
             "idempotency_key": submission.idempotency_key,

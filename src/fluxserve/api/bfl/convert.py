@@ -16,6 +16,7 @@ from fluxserve.api.bfl.protocol import (
     FluxKontextProInputs,
     FluxProExpandInputs,
     FluxProFillInputs,
+    FluxUltraInputs,
     ResultResponse,
     _CommonInputs,
     _Flux2Common,
@@ -97,7 +98,7 @@ def text_to_image_request(
                 f"{spec.name} takes no reference images (FLUX.2 models do); send the start "
                 "image as image_prompt for image-to-image",
             )
-        return with_image_prompt(request, inputs, reader)
+        return with_image_prompt(request, inputs, reader, spec)
     if not named:
         return request, None
     names = [name for name, _ in named]
@@ -108,17 +109,55 @@ def text_to_image_request(
 
 
 def with_image_prompt(
-    request: GenerationRequest, inputs: _Inputs, reader: ImageReader
+    request: GenerationRequest, inputs: _Inputs, reader: ImageReader, spec: ModelSpec
 ) -> tuple[GenerationRequest, Prepared | None]:
     """``image_prompt`` makes the request image-to-image from that start image."""
     if inputs.image_prompt is None:
         return request, None
     strength = inputs.strength if inputs.strength is not None else imageprep.DEFAULT_STRENGTH
-    imageprep.check_strength(strength, request.steps)
-    image = reader.open(inputs.image_prompt, "image_prompt")
-    prepared = imageprep.prepare_image_to_image(image, request.width, request.height)
-    request = dataclasses.replace(request, task=Task.IMAGE_TO_IMAGE, strength=strength)
-    return request, prepared
+    return _image_prompt(request, spec, reader, inputs.image_prompt, strength, "strength")
+
+
+def _image_prompt(
+    request: GenerationRequest, spec: ModelSpec, reader: ImageReader, value: str,
+    strength: float, strength_field: str,
+) -> tuple[GenerationRequest, Prepared]:  # fmt: skip
+    if not spec.is_flux2:  # check before fetching: a refused strength costs no download
+        imageprep.check_strength(strength, request.steps, strength_field)
+    image = reader.open(value, "image_prompt")
+    start = imageprep.prepare_image_prompt(
+        spec, image, request.width, request.height, strength, request.steps,
+        strength_field=strength_field,
+    )  # fmt: skip
+    request = dataclasses.replace(
+        request, task=start.task, strength=start.strength, notes=request.notes + start.notes
+    )
+    return request, start.prepared
+
+
+def ultra_request(
+    endpoint: str, inputs: FluxUltraInputs, spec: ModelSpec, reader: ImageReader,
+    megapixels: float,
+) -> tuple[GenerationRequest, Prepared | None]:  # fmt: skip
+    """Ultra: about 4 MP at ``aspect_ratio`` (FLUX.2), or ``megapixels`` on FLUX.1;
+    ``raw`` on FLUX.1 Krea [dev] when the router found it; ``image_prompt`` as on the
+    other routes, at ``1 - image_prompt_strength`` denoise."""
+    width, height, size_note = imageprep.ultra_size(spec, inputs.aspect_ratio, megapixels)
+    request = GenerationRequest(
+        prompt=inputs.prompt,
+        width=width,
+        height=height,
+        steps=spec.effective_steps(None),
+        guidance=spec.effective_guidance(None),
+        notes=(size_note, *imageprep.raw_notes(spec, inputs.raw)),
+        **_common(endpoint, inputs, spec, "jpeg"),
+    )
+    if inputs.image_prompt is None:
+        return request, None
+    strength = 1.0 - inputs.image_prompt_strength
+    return _image_prompt(
+        request, spec, reader, inputs.image_prompt, strength, "image_prompt_strength"
+    )
 
 
 def _common(endpoint: str, inputs: _CommonInputs, spec: ModelSpec, default_format: str):
@@ -139,7 +178,9 @@ def kontext_request(
     Kontext model, or natively on a FLUX.2 one)."""
     names, references = _references(inputs, spec, reader)
     size = imageprep.edit_size(spec, inputs.aspect_ratio, references)
-    return _edit_request(endpoint, inputs, spec, (names, references), size, None, None, "png")
+    return _edit_request(
+        endpoint, inputs, spec, (names, references), size, inputs.steps, inputs.guidance, "png"
+    )
 
 
 def _edit_request(

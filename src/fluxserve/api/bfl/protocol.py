@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from fluxserve.api.validators import NotBool, multiple_of, valid_text
@@ -32,7 +40,8 @@ Dimension = Annotated[
 ]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED), NotBool]
 Steps = Annotated[int, Field(ge=1, le=50), NotBool]
-Guidance = Annotated[float, Field(ge=1.5, le=5.0), NotBool]
+# BFL's documented range; a FLUX.1 model may look oversaturated past 5 (the caller's call).
+Guidance = Annotated[float, Field(ge=1.5, le=10), NotBool]
 OutputFormatName = Literal["jpeg", "png", "webp"]
 
 
@@ -132,17 +141,30 @@ class FluxKontextProInputs(_CommonInputs):
         description="The edit to make, or the picture to draw without an input image."
     )
     input_image: ImageReference | None = Field(None, description="The image to edit.")
+    image: ImageReference | None = Field(
+        None, description="The image to edit, by its other documented name (not with input_image)."
+    )
     input_image_2: ImageReference | None = Field(None, description="Another reference.")
     input_image_3: ImageReference | None = None
     input_image_4: ImageReference | None = None
     aspect_ratio: str | None = Field(
         None, description="W:H between 21:9 and 9:21; default: the input image's, else 1:1."
     )
+    steps: Steps | None = Field(None, description="1-50; default: the model's (28).")
+    guidance: Guidance | None = Field(None, description="1.5-10; default: the model's (2.5).")
     output_format: OutputFormatName | None = Field("png", description="jpeg, png or webp.")
+
+    @field_validator("image")
+    @classmethod
+    def _one_name_for_the_image(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # input_image is declared first, so it is validated (and in info.data) by now.
+        if value is not None and info.data.get("input_image") is not None:
+            raise ValueError("send the image as input_image or as image, not both")
+        return value
 
     def references(self) -> list[tuple[str, str]]:
         """(field name, value) of each reference image given, in order."""
-        names = ["input_image", "input_image_2", "input_image_3", "input_image_4"]
+        names = ["input_image", "image", "input_image_2", "input_image_3", "input_image_4"]
         return [(name, getattr(self, name)) for name in names if getattr(self, name)]
 
 
@@ -174,6 +196,26 @@ class FluxProExpandInputs(_CommonInputs):
     steps: FillSteps | None = Field(None, description="15-50; default: the model's (50).")
     guidance: FillGuidance | None = Field(
         None, description="1.5-100; default: the model's (30 on FLUX.1 Fill [dev])."
+    )
+
+
+class FluxUltraInputs(_CommonInputs):
+    """``/v1/flux-pro-1.1-ultra`` (BFL's ``FluxUltraInput``): about 4 MP at a ratio."""
+
+    prompt: Prompt = Field("", description="What to draw.")
+    aspect_ratio: str = Field("16:9", description="W:H between 21:9 and 9:21.")
+    raw: bool = Field(
+        False,
+        description="More natural, less processed images: made by FLUX.1 Krea [dev] when it "
+        "is loaded (else by the Ultra model, with a note).",
+    )
+    image_prompt: ImageReference | None = Field(
+        None, description="An image to remix (base64, data: URI or URL)."
+    )
+    image_prompt_strength: Annotated[float, Field(ge=0, le=1), NotBool] = Field(
+        0.1,
+        description="0-1: how much of image_prompt survives (FLUX.1: image-to-image at "
+        "1 - strength denoise; FLUX.2 reads the image as a reference).",
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from fastapi import APIRouter, Depends, Query
 
 from fluxserve.api.auth import CallerDep, SubmitterDep, authenticate, owner_of
@@ -20,6 +22,7 @@ from fluxserve.api.bfl.protocol import (
     FluxProFillInputs,
     FluxProInputs,
     FluxSchnellInputs,
+    FluxUltraInputs,
     ResultResponse,
     _CommonInputs,
     _Flux2Common,
@@ -37,11 +40,11 @@ router = APIRouter(prefix="/v1", tags=["bfl"])
 # decoding input images may block without stalling the event loop.
 def _submit(
     endpoint: str, inputs: _CommonInputs, services: ServicesDep, base: str, caller: Submission,
-    build: Builder = convert.text_to_image_request,
+    build: Builder = convert.text_to_image_request, raw: bool = False,
 ) -> AsyncResponse:  # fmt: skip
-    """Every BFL submit: route the endpoint to a model, build the request and its input
-    images with ``build``, queue it, answer with where to poll."""
-    spec = services.router.route(endpoint)
+    """Every BFL submit: route the endpoint to a model (``raw``: Ultra's raw mode), build the
+    request and its input images with ``build``, queue it, answer with where to poll."""
+    spec = services.router.route(endpoint, raw=raw)
     request, prepared = build(endpoint, inputs, spec, services.images)
     caller = convert.with_webhook(caller, inputs, base)
     job = services.jobs.submit(request, *(prepared.parts() if prepared else ()), submission=caller)
@@ -74,6 +77,16 @@ def flux_pro_11(
 def flux_pro(inputs: FluxProInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep):
     """Generate an image on the model mapped to FLUX.1 [pro] (legacy endpoint)."""
     return _submit("flux-pro", inputs, services, base, caller)
+
+
+@router.post("/flux-pro-1.1-ultra", response_model=AsyncResponse)
+def flux_pro_11_ultra(
+    inputs: FluxUltraInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
+):
+    """FLUX1.1 [pro] Ultra: about 4 MP at ``aspect_ratio`` (on a FLUX.2 model; a FLUX.1
+    model makes ``--ultra-megapixels``); ``raw`` on FLUX.1 Krea [dev] when it is loaded."""
+    build = functools.partial(convert.ultra_request, megapixels=services.settings.ultra_megapixels)
+    return _submit("flux-pro-1.1-ultra", inputs, services, base, caller, build, raw=inputs.raw)
 
 
 @router.post("/flux-kontext-pro", response_model=AsyncResponse)

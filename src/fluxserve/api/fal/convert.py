@@ -13,6 +13,7 @@ from fluxserve.api.fal.protocol import (
     FluxImageToImageInput,
     FluxInput,
     FluxProFillInput,
+    FluxProUltraInput,
     Image,
     KontextDevInput,
     Output,
@@ -215,9 +216,41 @@ def flux2_request(
     return request, prepared
 
 
+def ultra_request(
+    endpoint: str, inputs: FluxProUltraInput, spec: ModelSpec, reader: ImageReader,
+    megapixels: float,
+) -> tuple[GenerationRequest, Prepared | None]:  # fmt: skip
+    """Ultra, as BFL's route: about 4 MP on FLUX.2 (else ``megapixels``), ``raw`` on Krea,
+    ``image_url`` at ``1 - image_prompt_strength`` denoise (FLUX.2: a reference)."""
+    width, height, size_note = imageprep.ultra_size(spec, inputs.aspect_ratio, megapixels)
+    steps = spec.effective_steps(None)
+    request = GenerationRequest(
+        width=width,
+        height=height,
+        steps=steps,
+        guidance=spec.effective_guidance(None),
+        notes=(size_note, *imageprep.raw_notes(spec, inputs.raw)),
+        **_common(endpoint, inputs, spec),
+    )
+    if inputs.image_url is None:
+        return request, None
+    strength = 1.0 - inputs.image_prompt_strength
+    if not spec.is_flux2:
+        imageprep.check_strength(strength, steps, "image_prompt_strength")
+    start = imageprep.prepare_image_prompt(
+        spec, reader.open(inputs.image_url, "image_url"), width, height, strength, steps,
+        "image_url", "image_prompt_strength",
+    )  # fmt: skip
+    request = dataclasses.replace(
+        request, task=start.task, strength=start.strength, notes=request.notes + start.notes
+    )
+    return request, start.prepared
+
+
 def build_request(
-    endpoint: str, inputs: _Base, spec: ModelSpec, reader: ImageReader
-) -> tuple[GenerationRequest, Prepared | None]:
+    endpoint: str, inputs: _Base, spec: ModelSpec, reader: ImageReader,
+    ultra_megapixels: float = 2.0,
+) -> tuple[GenerationRequest, Prepared | None]:  # fmt: skip
     """The domain request for any fal input, with its prepared input images (None for
     text-to-image). Reads images (network, decoding): call it from a worker thread."""
     if isinstance(inputs, KontextDevInput):
@@ -230,6 +263,8 @@ def build_request(
         return fill_request(endpoint, inputs, spec, reader)
     if isinstance(inputs, _Flux2Input):
         return flux2_request(endpoint, inputs, spec, reader)
+    if isinstance(inputs, FluxProUltraInput):
+        return ultra_request(endpoint, inputs, spec, reader, ultra_megapixels)
     assert isinstance(inputs, _Input), type(inputs)
     return to_generation_request(endpoint, inputs, spec), None
 

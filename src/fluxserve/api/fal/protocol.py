@@ -18,6 +18,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from fluxserve.api.validators import NotBool, ValidText, multiple_of
+from fluxserve.config import MAX_IMAGES_CAP
 from fluxserve.domain import MAX_SEED
 from fluxserve.jobs.imageprep import DEFAULT_STRENGTH
 
@@ -77,8 +78,8 @@ class _Base(BaseModel):
     prompt: Annotated[str, ValidText] = Field(description="What to draw.")
     seed: Seed | None = Field(None, description="0..2^64-1; random when absent.")
     sync_mode: bool = Field(False, description="Return images as data: URIs and keep none.")
-    num_images: Annotated[int, Field(ge=1, le=4), NotBool] = Field(
-        1, description="Images to make, as one batch."
+    num_images: Annotated[int, Field(ge=1, le=MAX_IMAGES_CAP), NotBool] = Field(
+        1, description="Images to make, as one batch; at most --max-images-per-request (10)."
     )
     output_format: Literal["jpeg", "png"] = "jpeg"
     enhance_prompt: bool = Field(
@@ -226,6 +227,34 @@ class FluxProFillInput(_Base):
     guidance_scale: Annotated[float, Field(ge=1, le=100), NotBool] | None = Field(
         None,
         description="fluxserve extension: 1-100; default: the model's (30 on flux-fill-dev).",
+    )
+
+
+class KreaInput(FluxInput):
+    """``fal-ai/flux/krea`` and ``fal-ai/flux-1/krea`` (FLUX.1 Krea [dev])."""
+
+    guidance_scale: Guidance = Field(4.5, description="Guidance strength; 1-20 (Krea: 4.5).")
+
+
+class KreaImageToImageInput(FluxImageToImageInput):
+    """``fal-ai/flux/krea/image-to-image``."""
+
+    guidance_scale: Guidance = Field(4.5, description="Guidance strength; 1-20 (Krea: 4.5).")
+
+
+class FluxProUltraInput(_Base):
+    """``fal-ai/flux-pro/v1.1-ultra``: about 4 MP at a ratio; ``raw`` on FLUX.1 Krea [dev]."""
+
+    aspect_ratio: KontextAspectRatio = Field("16:9", description="The output's shape.")
+    raw: bool = Field(False, description="Less processed, more natural-looking images.")
+    image_url: ImageUrl | None = Field(None, description="An image to remix.")
+    image_prompt_strength: Annotated[float, Field(ge=0, le=1), NotBool] = Field(
+        0.1, description="0-1: how much of image_url survives."
+    )
+    safety_tolerance: SafetyTolerance = Field("2", description="1 (strictest) to 6, as a string.")
+    enable_safety_checker: bool = Field(
+        True,
+        description="false: check at safety_tolerance 6, clamped to the most this server allows.",
     )
 
 

@@ -25,11 +25,14 @@ from fluxserve.api.fal.protocol import (
     FluxImageToImageInput,
     FluxInput,
     FluxProFillInput,
+    FluxProUltraInput,
     FluxProV11Input,
     KontextDevInput,
     KontextProInput,
     KontextProMultiInput,
     KontextProTextInput,
+    KreaImageToImageInput,
+    KreaInput,
     Output,
     QueueSubmitted,
     _Base,
@@ -43,8 +46,8 @@ router = APIRouter(tags=["fal"])
 
 # app id (owner/alias) -> subpaths; each app/subpath is one endpoint id.
 FAL_APPS: dict[str, list[str]] = {
-    "fal-ai/flux": ["schnell", "dev", "dev/image-to-image"],
-    "fal-ai/flux-1": ["schnell", "dev"],
+    "fal-ai/flux": ["schnell", "dev", "dev/image-to-image", "krea", "krea/image-to-image"],
+    "fal-ai/flux-1": ["schnell", "dev", "krea"],
     "fal-ai/flux-kontext": ["dev"],
     # "": the app id itself is an endpoint (fal-ai/flux-2-pro).
     "fal-ai/flux-2": [
@@ -62,6 +65,7 @@ FAL_APPS: dict[str, list[str]] = {
     "fal-ai/flux-2-max": ["", "edit"],
     "fal-ai/flux-pro": [
         "v1.1",
+        "v1.1-ultra",
         "kontext",
         "kontext/max",
         "kontext/multi",
@@ -83,6 +87,10 @@ INPUT_MODELS: dict[str, type[_Base]] = {
     "fal-ai/flux-pro/kontext/text-to-image": KontextProTextInput,
     "fal-ai/flux-pro/kontext/max/text-to-image": KontextProTextInput,
     "fal-ai/flux-pro/v1/fill": FluxProFillInput,
+    "fal-ai/flux-pro/v1.1-ultra": FluxProUltraInput,
+    "fal-ai/flux/krea": KreaInput,
+    "fal-ai/flux-1/krea": KreaInput,
+    "fal-ai/flux/krea/image-to-image": KreaImageToImageInput,
     "fal-ai/flux-2-pro": Flux2ProInput,
     "fal-ai/flux-2-max": Flux2ProInput,
     "fal-ai/flux-2-pro/edit": Flux2ProEditInput,
@@ -127,8 +135,10 @@ def input_model(endpoint: str) -> type[_Base]:
 def submit_job(endpoint: str, inputs: _Base, services: Services, caller: Submission) -> Job:
     """Route, read the input images, build the request and queue it. Blocks (image
     fetches, decoding, storage): async routes call it in the thread pool."""
-    spec = services.router.route(endpoint)
-    request, prepared = convert.build_request(endpoint, inputs, spec, services.images)
+    spec = services.router.route(endpoint, raw=getattr(inputs, "raw", False))
+    request, prepared = convert.build_request(
+        endpoint, inputs, spec, services.images, services.settings.ultra_megapixels
+    )
     parts = prepared.parts() if prepared else ()
     return services.jobs.submit(request, *parts, submission=caller)
 

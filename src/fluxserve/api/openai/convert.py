@@ -33,7 +33,7 @@ from fluxserve.specs import ModelKind, ModelSpec
 
 logger = logging.getLogger(__name__)
 
-TEXT_TO_IMAGE_KINDS = (ModelKind.DEV, ModelKind.SCHNELL, ModelKind.TEST)
+TEXT_TO_IMAGE_KINDS = (ModelKind.DEV, ModelKind.SCHNELL, ModelKind.TEST, ModelKind.KREA)
 IMAGE_FIELDS = ("image", "image[]")  # one file, or the SDK's list of files
 FILE_FIELDS = (*IMAGE_FIELDS, "mask")
 

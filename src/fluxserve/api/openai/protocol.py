@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from fluxserve.api.validators import NotBool, ValidText
+from fluxserve.config import MAX_IMAGES_CAP
 from fluxserve.domain import MAX_SEED
 
 SIZE_STEP = 16
@@ -54,7 +55,9 @@ class _ImagesOptions(BaseModel):
     prompt: Annotated[str, ValidText] = Field(
         min_length=1, max_length=32000, description="What to draw."
     )
-    n: Annotated[int, Field(ge=1, le=10), NotBool] = Field(1, description="Images, one batch.")
+    n: Annotated[int, Field(ge=1, le=MAX_IMAGES_CAP), NotBool] = Field(
+        1, description="Images, one batch; at most --max-images-per-request (10)."
+    )
     response_format: Literal["url", "b64_json"] = "url"
     output_format: Literal["png", "jpeg", "webp"] = "png"
     background: Literal["opaque", "auto"] | None = Field(
