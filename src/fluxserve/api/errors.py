@@ -15,10 +15,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fluxserve.errors import (
     ConfigurationError,
@@ -196,9 +198,24 @@ async def handle_database_error(request: Request, exc: Exception) -> JSONRespons
     return JSONResponse(error_body(DATABASE_DOWN), status_code=503, headers=headers)
 
 
+# FastAPI's answer to a body it cannot decode at all (invalid UTF-8): not in any dialect's
+# documented errors, so it is answered as every other malformed body is.
+UNPARSABLE_BODY = "There was an error parsing the body"
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == UNPARSABLE_BODY:
+        error = {"type": "json_invalid", "loc": ("body",), "input": None,
+                 "msg": "The body is not JSON: it is not valid UTF-8 text"}  # fmt: skip
+        return await handle_validation_error(request, RequestValidationError([error]))
+    return await http_exception_handler(request, exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     # Only the database being unreachable is a 503; other database errors are bugs (500).
     for unavailable in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(unavailable, handle_database_error)
     app.add_exception_handler(FluxserveError, handle_fluxserve_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(StarletteHTTPException, handle_http_exception)
