@@ -74,6 +74,7 @@ class Services:
     _lock: IO[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        self.prices = PriceTable.load(self.settings.price_table)
         policy = SafetyPolicy(
             load_terms(self.settings.blocked_terms), self.settings.max_safety_tolerance
         )
@@ -87,9 +88,9 @@ class Services:
             policy,
             Admission(key_store, self.settings.max_queue),
             self.settings.max_images_per_request,
+            self.prices,
         )
         self.images = ImageReader(self.settings.image_limits, self.settings.url_policy)
-        self.prices = PriceTable.load(self.settings.price_table)
 
     def start(self) -> None:
         """Recover jobs left running by a previous server, then start the workers."""

@@ -10,6 +10,7 @@
     ├── ConfigurationError   settings that cannot work together (an alias to no model)
     ├── Unauthenticated      no API key, or one that is unknown or revoked (HTTP 401)
     ├── TooManyRequests      a key's active-job or rate limit is reached (HTTP 429)
+    ├── PaymentRequired      the job would overdraw its key's credits (HTTP 402)
     ├── ServerBusy           the server's queue is full (HTTP 503)
     ├── DataDirLocked        another server owns the data directory
     ├── GenerationCancelled  the denoising loop was stopped (lease lost)
@@ -73,6 +74,10 @@ class TooManyRequests(FluxserveError):
 
     def __reduce__(self):
         return (type(self), (self.message, self.retry_after))
+
+
+class PaymentRequired(FluxserveError):
+    """The job costs more credits than its key has left (``fluxserve keys create --credits``)."""
 
 
 class ServerBusy(TooManyRequests):

@@ -29,6 +29,7 @@ from fluxserve.errors import (
     JobNotFound,
     ModelLoadError,
     ModelNotAvailable,
+    PaymentRequired,
     ServerBusy,
     StorageError,
     TooManyRequests,
@@ -47,6 +48,7 @@ STATUS_CODES: dict[type[FluxserveError], int] = {
     Unauthenticated: 401,
     TooManyRequests: 429,
     ServerBusy: 503,
+    PaymentRequired: 402,
 }
 ERROR_TYPES: dict[type[FluxserveError], str] = {
     InvalidRequest: "invalid_request",
@@ -56,6 +58,7 @@ ERROR_TYPES: dict[type[FluxserveError], str] = {
     Unauthenticated: "unauthorized",
     TooManyRequests: "rate_limited",
     ServerBusy: "server_busy",
+    PaymentRequired: "insufficient_credits",
 }
 # OpenAI's own codes for these, as its SDK and users know them.
 OPENAI_CODES: dict[type[FluxserveError], str] = {

@@ -30,6 +30,13 @@ def add_keys_parser(commands: argparse._SubParsersAction, settings_flags) -> Non
     create.add_argument(
         "--rate", type=float, default=None, help="Submits per minute (default: unlimited)."
     )
+    create.add_argument(
+        "--credits",
+        type=float,
+        default=None,
+        help="A budget in credits, spent at --price-table's prices; a submit that would "
+        "overdraw it gets 402 (default: unlimited).",
+    )
     listing = keys_commands.add_parser("list", help="List keys (never their secrets).")
     listing.add_argument("--json", action="store_true", help="One JSON object per key.")
     revoke = keys_commands.add_parser("revoke", help="Revoke a key by its id or name.")
@@ -49,7 +56,7 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> int:
         ring = KeyRing(KeyStore(store.engine))
         if args.keys_command == "create":
             try:
-                key, secret = ring.create(args.name, args.max_active, args.rate)
+                key, secret = ring.create(args.name, args.max_active, args.rate, args.credits)
             except ValueError as exc:
                 print(f"fluxserve: {exc}", file=sys.stderr)
                 return 2
@@ -76,7 +83,10 @@ def _describe(key) -> str:
     created = datetime.datetime.fromtimestamp(key.created_at).isoformat(timespec="seconds")
     state = "revoked" if key.revoked_at else "live"
     rate = f"{key.rate_per_minute:g}/min" if key.rate_per_minute else "no rate limit"
+    budget = (
+        "no budget" if key.credits is None else f"{key.remaining:g} of {key.credits:g} credits left"
+    )
     return (
         f"{key.id}  {key.name}  {key.prefix}…  {state}  max active {key.max_active}, "
-        f"{rate}, created {created}"
+        f"{rate}, {budget}, created {created}"
     )

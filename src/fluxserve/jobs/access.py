@@ -40,8 +40,9 @@ class KeyRing:
         self._lock = threading.Lock()
 
     def create(
-        self, name: str, max_active: int = DEFAULT_MAX_ACTIVE, rate_per_minute: float | None = None
-    ) -> tuple[ApiKey, str]:
+        self, name: str, max_active: int = DEFAULT_MAX_ACTIVE, rate_per_minute: float | None = None,
+        credits: float | None = None,
+    ) -> tuple[ApiKey, str]:  # fmt: skip
         """A new key and its secret (the only time the secret exists outside the client)."""
         if not name.strip():
             raise ValueError("a key needs a name")
@@ -49,6 +50,8 @@ class KeyRing:
             raise ValueError("--max-active must be at least 1")
         if rate_per_minute is not None and rate_per_minute <= 0:
             raise ValueError("--rate must be a positive number of requests per minute")
+        if credits is not None and not 0 <= credits < float("inf"):
+            raise ValueError("--credits must be a number of credits, 0 or more")
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
             id="key_" + secrets.token_hex(6),
@@ -57,6 +60,7 @@ class KeyRing:
             max_active=max_active,
             rate_per_minute=rate_per_minute,
             created_at=time.time(),
+            credits=credits,
         )
         self.keys.add(key, digest(secret))
         return key, secret
@@ -75,6 +79,13 @@ class KeyRing:
                 self._cache.clear()
             self._cache[hashed] = (now, key)
         return key
+
+    def remaining_credits(self, key: ApiKey | None) -> float | None:
+        """Credits the key has left, read fresh; None without a key or a budget."""
+        if key is None:
+            return None
+        current = self.keys.by_id(key.id)
+        return current.remaining if current is not None else None
 
     def revoke(self, id_or_name: str) -> list[ApiKey]:
         revoked = self.keys.revoke(id_or_name)
@@ -106,8 +117,8 @@ class Admission:
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
-    def limits(self, key: ApiKey | None) -> SubmitLimits:
-        return SubmitLimits(key.max_active if key is not None else None, self.max_queue)
+    def limits(self, key: ApiKey | None, cost: float = 0.0) -> SubmitLimits:
+        return SubmitLimits(key.max_active if key is not None else None, self.max_queue, cost)
 
     def check(self, key: ApiKey | None) -> None:
         if self.keys.queued_jobs() >= self.max_queue:

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from fluxserve.domain import GenerationRequest, Job, JobStatus, Webhook
 from fluxserve.errors import InvalidRequest, JobNotFound
 from fluxserve.jobs.access import Admission
+from fluxserve.jobs.pricing import PriceTable
 from fluxserve.safety.policy import SafetyPolicy
 from fluxserve.storage.base import BlobStorage, input_key, job_prefixes
 from fluxserve.store.base import JobTable
@@ -59,6 +60,7 @@ class JobService:
         policy: SafetyPolicy | None = None,
         admission: Admission | None = None,
         max_images: int = 10,
+        prices: PriceTable | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
@@ -67,6 +69,7 @@ class JobService:
         self.policy = policy or SafetyPolicy()
         self.admission = admission
         self.max_images = max_images  # per request, every dialect (--max-images-per-request)
+        self.prices = prices or PriceTable()  # what a job costs, charged to a key's budget
 
     def submit(
         self,
@@ -145,7 +148,8 @@ class JobService:
     def _create(self, job: Job, submission: Submission) -> Job:
         """Store ``job``; when a concurrent submit with the same Idempotency-Key stored its
         job first, that job (the unique index decides)."""
-        limits = self.admission.limits(submission.key) if self.admission else None
+        cost = self.prices.cost(job.request)
+        limits = self.admission.limits(submission.key, cost) if self.admission else None
         try:
             return self.store.create(job, limits)
         except IntegrityError:

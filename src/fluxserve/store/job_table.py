@@ -12,6 +12,7 @@ from fluxserve.store.sqlbase import SqlStoreBase
 from fluxserve.store.tables import (
     SubmitLimits,
     cancelled,
+    charge,
     count_active,
     count_queued,
     jobs,
@@ -114,6 +115,8 @@ class SqlJobTable(SqlStoreBase):
             raise queue_full(queue)
         if active is not None and conn.execute(count_active(owner)).scalar_one() > active:
             raise too_many_active(active)
+        if owner and limits.cost > 0:
+            charge(conn, owner, limits.cost)
 
     def request_cancel(self, job_id: str) -> JobStatus | None:
         """Cancel a queued job now, or ask the worker of a running one to stop.

@@ -20,6 +20,13 @@ class ApiKey:
     rate_per_minute: float | None  # submits per minute; None: unlimited
     created_at: float
     revoked_at: float | None = None
+    credits: float | None = None  # a budget in credits; None: unlimited
+    spent: float = 0.0  # what the key's jobs have cost so far
+
+    @property
+    def remaining(self) -> float | None:
+        """Credits left; None without a budget."""
+        return None if self.credits is None else round(self.credits - self.spent, 6)
 
 
 def _row_to_key(row: sa.Row) -> ApiKey:
@@ -66,6 +73,11 @@ class KeyStore:
         )
         with self.engine.begin() as conn:
             return [_row_to_key(row) for row in conn.execute(stmt).all()]
+
+    def by_id(self, key_id: str) -> ApiKey | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(api_keys).where(api_keys.c.id == key_id)).first()
+        return _row_to_key(row) if row else None
 
     def has_live_keys(self) -> bool:
         stmt = sa.select(api_keys.c.id).where(api_keys.c.revoked_at.is_(None)).limit(1)

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from fluxserve.domain import GenerationRequest, Job, JobReport, JobStatus, Webhook
-from fluxserve.errors import ServerBusy, TooManyRequests
+from fluxserve.errors import PaymentRequired, ServerBusy, TooManyRequests
 
 metadata = sa.MetaData()
 
@@ -71,6 +71,9 @@ api_keys = sa.Table(
     sa.Column("rate_per_minute", sa.Float),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float),
+    # A budget in credits (None: unlimited) and what its jobs have cost so far.
+    sa.Column("credits", sa.Float),
+    sa.Column("spent", sa.Float, nullable=False, server_default="0"),
 )
 
 workers = sa.Table(
@@ -117,12 +120,32 @@ def too_many_active(max_active: int) -> TooManyRequests:
     )
 
 
+def charge(conn: sa.Connection, owner: str, cost: float) -> None:
+    """Take ``cost`` credits from ``owner``'s budget in the inserting transaction: a key
+    without a budget is not charged; one whose credits would go below zero raises."""
+    within = sa.or_(api_keys.c.credits.is_(None), api_keys.c.spent + cost <= api_keys.c.credits)
+    taken = conn.execute(
+        api_keys.update()
+        .where(api_keys.c.id == owner, within)
+        .values(spent=api_keys.c.spent + cost)
+    )
+    if taken.rowcount == 0:
+        left = conn.execute(
+            sa.select(api_keys.c.credits - api_keys.c.spent).where(api_keys.c.id == owner)
+        ).scalar()
+        if left is not None:  # a key with a budget it cannot cover
+            raise PaymentRequired(
+                f"This task costs {cost:g} credits and this API key has {max(left, 0):g} left."
+            )
+
+
 @dataclass(frozen=True)
 class SubmitLimits:
     """What a new queued job may not exceed: its key's active jobs, the server's queue."""
 
     max_active: int | None = None
     max_queue: int | None = None
+    cost: float = 0.0  # credits the job takes from its key's budget, if it has one
 
 
 def row_to_job(row: Any) -> Job:

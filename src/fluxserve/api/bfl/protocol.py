@@ -345,6 +345,13 @@ class AsyncResponse(BaseModel):
         return data
 
 
+class CreditsResponse(BaseModel):
+    """BFL's ``CreditsResponse``; null where the key has no budget (a self-hosted server
+    need not count credits)."""
+
+    credits: float | None
+
+
 ResultStatus = Literal[
     "Task not found", "Pending", "Request Moderated", "Content Moderated", "Ready", "Error"
 ]

@@ -12,6 +12,7 @@ from fluxserve.api.bfl.convert import Builder
 from fluxserve.api.bfl.protocol import (
     AsyncResponse,
     ByNameInputs,
+    CreditsResponse,
     Flux2FlexInputs,
     Flux2Inputs,
     Flux2KleinInputs,
@@ -154,6 +155,13 @@ FLUX2_ROUTES: dict[str, tuple[type[_Flux2Common], str]] = {
 }
 for _endpoint, (_inputs_type, _summary) in FLUX2_ROUTES.items():
     _flux2_route(_endpoint, _inputs_type, _summary)
+
+
+@router.get("/credits", response_model=CreditsResponse)
+def credits(services: ServicesDep, key: CallerDep) -> CreditsResponse:
+    """The caller's credits left: its key's budget (``fluxserve keys create --credits``)
+    less what its tasks cost at ``--price-table``'s prices; null without a budget."""
+    return CreditsResponse(credits=services.keys.remaining_credits(key))
 
 
 # async, so a poll is answered on the event loop without a thread-pool hop (which costs
