@@ -99,6 +99,12 @@ class ModelSpec:
             )
         return steps
 
+    def guidance_notes(self, guidance: float | None) -> tuple[str, ...]:
+        """A note when a client's ``guidance`` cannot be honoured: this model takes none."""
+        if guidance is None or self.uses_guidance:
+            return ()
+        return (f"guidance {guidance:g} is not used: {self.name} takes no guidance input",)
+
     def effective_guidance(self, guidance: float | None) -> float | None:
         """``guidance`` or the default; None for models without a guidance input (schnell)."""
         if not self.uses_guidance:

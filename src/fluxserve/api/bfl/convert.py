@@ -69,6 +69,7 @@ def to_generation_request(endpoint: str, inputs: _Inputs, spec: ModelSpec) -> Ge
         height=inputs.height,
         steps=spec.effective_steps(steps),
         guidance=spec.effective_guidance(guidance),
+        notes=spec.guidance_notes(guidance),
         seed=inputs.seed if inputs.seed is not None else random_seed(),
         output_format=OutputFormat(inputs.output_format or "jpeg"),
         safety_tolerance=inputs.safety_tolerance,
@@ -143,13 +144,15 @@ def ultra_request(
     ``raw`` on FLUX.1 Krea [dev] when the router found it; ``image_prompt`` as on the
     other routes, at ``1 - image_prompt_strength`` denoise."""
     width, height, size_note = imageprep.ultra_size(spec, inputs.aspect_ratio, megapixels)
+    notes = (size_note, *imageprep.raw_notes(spec, inputs.raw),
+             *spec.guidance_notes(inputs.guidance))  # fmt: skip
     request = GenerationRequest(
         prompt=inputs.prompt,
         width=width,
         height=height,
-        steps=spec.effective_steps(None),
-        guidance=spec.effective_guidance(None),
-        notes=(size_note, *imageprep.raw_notes(spec, inputs.raw)),
+        steps=spec.effective_steps(inputs.steps),
+        guidance=spec.effective_guidance(inputs.guidance),
+        notes=notes,
         **_common(endpoint, inputs, spec, "jpeg"),
     )
     if inputs.image_prompt is None:

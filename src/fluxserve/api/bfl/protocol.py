@@ -217,6 +217,12 @@ class FluxUltraInputs(_CommonInputs):
         description="0-1: how much of image_prompt survives (FLUX.1: image-to-image at "
         "1 - strength denoise; FLUX.2 reads the image as a reference).",
     )
+    steps: Steps | None = Field(
+        None, description="fluxserve extension: 1-50; default: the serving model's."
+    )
+    guidance: Guidance | None = Field(
+        None, description="fluxserve extension: 1.5-10; default: the serving model's."
+    )
 
 
 # -- FLUX.2 ----------------------------------------------------------------------------------
