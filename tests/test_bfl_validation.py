@@ -112,7 +112,7 @@ STEPS_CASES = [
     ("steps", 51, "less_than_equal", "50"),
     ("steps", "many", "int_parsing", "integer"),
     ("guidance", 1.4, "greater_than_equal", "1.5"),
-    ("guidance", 5.1, "less_than_equal", "5"),
+    ("guidance", 10.1, "less_than_equal", "10"),  # BFL's documented 1.5-10
     ("guidance", "strong", "float_parsing", "number"),
 ]
 

@@ -548,7 +548,7 @@ def test_bad_image_rejected(image_client, value, field):
         ("fal-ai/flux-kontext/dev", {"resolution_mode": "7:5"}, "resolution_mode"),
         ("fal-ai/flux-kontext/dev", {"num_inference_steps": 51}, "num_inference_steps"),
         ("fal-ai/flux-kontext/dev", {"guidance_scale": 21}, "guidance_scale"),
-        ("fal-ai/flux-kontext/dev", {"num_images": 5}, "num_images"),
+        ("fal-ai/flux-kontext/dev", {"num_images": 11}, "num_images"),
         ("fal-ai/flux-kontext/dev", {"output_format": "webp"}, "output_format"),
         ("fal-ai/flux-kontext/dev", {"acceleration": "max"}, "acceleration"),
         ("fal-ai/flux-pro/kontext", {"aspect_ratio": "4:5"}, "aspect_ratio"),

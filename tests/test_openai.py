@@ -325,7 +325,7 @@ INVALID = [
     ("prompt-number", {"prompt": 5}, "prompt", "string_type"),
     ("prompt-too-long", {"prompt": "a" * 32001}, "prompt", "string_too_long"),
     ("n-0", {"n": 0}, "n", "greater_than_equal"),
-    ("n-11", {"n": 11}, "n", "less_than_equal"),
+    ("n-101", {"n": 101}, "n", "less_than_equal"),
     ("n-bool", {"n": True}, "n", "number_type"),
     ("n-text", {"n": "two"}, "n", "int_parsing"),
     ("size-250x256", {"size": "250x256"}, "size", "size_value"),

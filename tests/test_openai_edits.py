@@ -249,7 +249,8 @@ def test_image_sent_as_text(idle_image_client):
 @pytest.mark.parametrize(
     ("field", "value", "code"),
     [
-        ("n", "11", "less_than_equal"),
+        ("n", "101", "less_than_equal"),
+        ("n", "11", "invalid_request"),  # past --max-images-per-request (10)
         ("n", "two", "int_parsing"),
         ("size", "100x100", "size_value"),
         ("size", "big", "size_format"),

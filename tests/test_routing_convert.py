@@ -55,7 +55,11 @@ def test_endpoint_kinds_cover_every_endpoint_of_every_dialect():
     assert {k for k, v in ENDPOINT_KINDS.items() if v in text} == {
         "flux-dev", "flux-schnell", "flux-pro-1.1", "flux-pro", "fal-ai/flux/schnell",
         "fal-ai/flux/dev", "fal-ai/flux/dev/image-to-image", "fal-ai/flux-1/schnell",
-        "fal-ai/flux-1/dev", "fal-ai/flux-pro/v1.1",
+        "fal-ai/flux-1/dev", "fal-ai/flux-pro/v1.1", "flux-pro-1.1-ultra",
+        "fal-ai/flux-pro/v1.1-ultra",
+    }  # fmt: skip
+    assert {k for k, v in ENDPOINT_KINDS.items() if v is ModelKind.KREA} == {
+        "fal-ai/flux/krea", "fal-ai/flux/krea/image-to-image", "fal-ai/flux-1/krea",
     }  # fmt: skip
     assert {k for k, v in ENDPOINT_KINDS.items() if v is ModelKind.KONTEXT} == {
         "flux-kontext-pro", "flux-kontext-max", "fal-ai/flux-kontext/dev",
@@ -278,7 +282,7 @@ def test_image_prompt_that_is_not_an_image_is_refused_naming_it():
     inputs = FluxDevInputs(image_prompt="aGVsbG8=")  # base64 of "hello"
     request = convert.to_generation_request("flux-dev", inputs, DEV)
     with pytest.raises(InvalidRequest) as raised:
-        convert.with_image_prompt(request, inputs, ImageReader())
+        convert.with_image_prompt(request, inputs, ImageReader(), DEV)
     assert raised.value.field == "image_prompt"
 
 
