@@ -200,6 +200,7 @@ def _edit_request(
         height=size[1],
         steps=spec.effective_steps(steps),
         guidance=spec.effective_guidance(guidance),
+        notes=spec.guidance_notes(guidance),
         task=imageprep.edit_task(spec, prepared),
         **_common(endpoint, inputs, spec, default_format),
     )
