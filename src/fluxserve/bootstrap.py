@@ -19,10 +19,12 @@ from fluxserve.domain import Job
 from fluxserve.errors import ConfigurationError, DataDirLocked
 from fluxserve.images.inputs import ImageReader
 from fluxserve.jobs.access import Admission, KeyRing
+from fluxserve.jobs.loras import LoraRequests
 from fluxserve.jobs.pricing import PriceTable
 from fluxserve.jobs.routing import ModelRouter
 from fluxserve.jobs.service import JobService
 from fluxserve.jobs.webhooks import WebhookBody, WebhookDispatcher
+from fluxserve.lora.sources import LoraPolicy
 from fluxserve.runtime.tiers import parse_tiers
 from fluxserve.safety.policy import SafetyPolicy
 from fluxserve.safety.setup import SafetySetup, resolve_safety
@@ -30,6 +32,7 @@ from fluxserve.safety.terms import load_terms
 from fluxserve.storage.base import BlobStorage
 from fluxserve.storage.opening import open_storage
 from fluxserve.store.keys import KeyStore
+from fluxserve.store.loras import LoraRegistry
 from fluxserve.store.opening import open_store
 from fluxserve.store.sql import SqlJobStore
 from fluxserve.weights import ResolvedModel, resolve_model
@@ -54,6 +57,12 @@ def lock_data_dir(settings: Settings) -> IO[str]:
     return handle
 
 
+def lora_policy(settings: Settings) -> LoraPolicy:
+    """Which LoRA paths requests may name, from the settings."""
+    return LoraPolicy(settings.allow_lora_urls, settings.allow_hub_loras, settings.lora_dir,
+                      settings.url_policy)  # fmt: skip
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -70,6 +79,7 @@ class Services:
     keys: KeyRing = field(init=False)
     images: ImageReader = field(init=False)
     prices: PriceTable = field(init=False)
+    loras: LoraRequests = field(init=False)
     started_at: float = field(default_factory=time.time)
     _lock: IO[str] | None = field(default=None, repr=False)
 
@@ -91,6 +101,7 @@ class Services:
             self.prices,
         )
         self.images = ImageReader(self.settings.image_limits, self.settings.url_policy)
+        self.loras = LoraRequests(LoraRegistry(self.store.engine), lora_policy(self.settings))
 
     def start(self) -> None:
         """Recover jobs left running by a previous server, then start the workers."""

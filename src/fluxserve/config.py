@@ -149,6 +149,24 @@ class Settings(BaseSettings):
         description="Size of /v1/flux-pro-1.1-ultra's images on a FLUX.1 model, in megapixels "
         "(FLUX.1 degrades past about 2); a FLUX.2 model makes 4.",
     )
+    lora_dir: Path | None = Field(
+        None, description="A directory of .safetensors LoRAs a request may name by file name."
+    )
+    allow_lora_urls: bool = Field(
+        True, description="Take LoRAs by http(s) URL (--no-allow-lora-urls: registered only)."
+    )
+    allow_hub_loras: bool = Field(
+        True, description="Take LoRAs by Hugging Face repo id (owner/name[:file.safetensors])."
+    )
+    lora_cache_gb: float = Field(
+        20.0, gt=0, description="Disk space for downloaded LoRAs on each worker host (LRU)."
+    )
+    max_loaded_loras: int = Field(
+        4, ge=1, le=64, description="LoRAs kept loaded on each worker's GPU (LRU)."
+    )
+    max_lora_bytes: int = Field(
+        2 * 1024**3, ge=1024, description="The largest LoRA file fetched, in bytes."
+    )
     max_images_per_request: int = Field(
         10,
         ge=1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -80,6 +81,8 @@ class GenerationRequest:
     # What the dialect could not honour as asked (a size, a field); JobService.submit puts
     # these in the job's notes, so no documented field is dropped silently.
     notes: tuple[str, ...] = ()
+    # LoRAs as (canonical source, scale), in order (lora/sources.py); () for none.
+    loras: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -88,6 +91,7 @@ class GenerationRequest:
         data["input_keys"] = list(self.input_keys)
         data["input_sizes"] = [list(size) for size in self.input_sizes]
         data["notes"] = list(self.notes)
+        data["loras"] = [list(lora) for lora in self.loras]
         return data
 
     @classmethod
@@ -98,6 +102,7 @@ class GenerationRequest:
         values["task"] = Task(values.get("task", Task.TEXT_TO_IMAGE.value))
         values["input_keys"] = tuple(values.get("input_keys", ()))
         values["notes"] = tuple(values.get("notes", ()))
+        values["loras"] = tuple((str(s), float(w)) for s, w in values.get("loras", ()))
         values["input_sizes"] = tuple((int(w), int(h)) for w, h in values.get("input_sizes", ()))
         return cls(**values)
 
@@ -108,12 +113,16 @@ class GenerationRequest:
     @property
     def batch_key(self) -> str:
         """Jobs with equal keys can run as one batch: same model, task, size, steps,
-        guidance, strength, speed tier, image count, and the count and sizes of the
-        input images (prompts and seeds may differ)."""
+        guidance, strength, speed tier, image count, the count and sizes of the input
+        images, and the LoRAs with their scales (prompts and seeds may differ)."""
         parts = [self.model, self.task.value, f"{self.width}x{self.height}", self.steps,
                  self.guidance, self.strength, self.acceleration, self.num_images]  # fmt: skip
         if self.input_sizes:  # absent before FLUX.2: older keys stay as they were
             parts.append(",".join(f"{w}x{h}" for w, h in self.input_sizes))
+        if self.loras:  # only jobs with the same LoRAs and scales share a batch
+            # Hashed: sources may be long URLs, and the key column is bounded.
+            loras = ",".join(f"{s}@{w:g}" for s, w in self.loras)
+            parts.append("lora:" + hashlib.sha256(loras.encode()).hexdigest()[:16])
         return "|".join(str(part) for part in parts)
 
     @property
@@ -131,6 +140,8 @@ class JobReport:
     prompt: str | None = None  # the prompt generated from, when upsampling rewrote it
     notes: list[str] = field(default_factory=list)  # e.g. "prompt upsampling unavailable"
     blocked_outputs: list[int] = field(default_factory=list)  # images replaced by black
+    # One per LoRA: {"lora", "scale", "disk": cached|download, "gpu": loaded|load|hotswap}.
+    loras: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

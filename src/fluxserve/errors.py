@@ -14,6 +14,7 @@
     ├── ServerBusy           the server's queue is full (HTTP 503)
     ├── DataDirLocked        another server owns the data directory
     ├── GenerationCancelled  the denoising loop was stopped (lease lost)
+    ├── LoraError            a LoRA could not be fetched or does not fit (its job ends Error)
     └── StorageError         a result image could not be stored or read
 
 Messages are written for the person who reads them: they name the field or model and say
@@ -82,6 +83,18 @@ class PaymentRequired(FluxserveError):
 
 class ServerBusy(TooManyRequests):
     """The whole server's queue is full: no one's job is taken for now."""
+
+
+class LoraError(FluxserveError):
+    """A job's LoRA could not be fetched, is not a valid safetensors file, or does not fit
+    the model; ``code`` is what the job ends with, the message names the LoRA."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def __reduce__(self):
+        return (type(self), (self.code, self.message))
 
 
 class GenerationCancelled(FluxserveError):

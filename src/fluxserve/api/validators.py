@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
+
+from fluxserve.jobs.loras import LoraWanted
+from fluxserve.lora.sources import MAX_LORAS
 
 
 def _not_bool(value: Any) -> Any:
@@ -48,3 +51,26 @@ def multiple_of(step: int) -> Callable[[int], int]:
 # reports the bounds exactly (put first, 2**64-1 printed as a float).
 NotBool = BeforeValidator(_not_bool)
 ValidText = AfterValidator(valid_text)
+
+
+class LoraWeight(BaseModel):
+    """fal's ``{path, scale}`` (also OpenAI's ``loras`` extra field)."""
+
+    path: str = Field(
+        min_length=1,
+        max_length=2083,
+        description="A registered LoRA's name, a Hugging Face repo id (owner/name or "
+        "owner/name:file.safetensors), or an http(s) URL of a .safetensors file.",
+    )
+    scale: Annotated[float, NotBool] = Field(1.0, description="-4 to 4; 0 leaves it out.")
+
+
+LoraList = Annotated[list[LoraWeight], Field(max_length=MAX_LORAS)]
+
+
+def lora_wants(loras: list[LoraWeight] | None, field_name: str = "loras") -> list[LoraWanted]:
+    """A body's LoRAs as the submit path resolves them, each naming its field."""
+    return [
+        LoraWanted(f"{field_name}.{n}.path", lora.path, lora.scale, f"{field_name}.{n}.scale")
+        for n, lora in enumerate(loras or [])
+    ]

@@ -15,6 +15,7 @@ from fluxserve.engine.batcher import BatchPolicy
 from fluxserve.engine.moderation import Moderation
 from fluxserve.engine.signals import Flag, Wakeup
 from fluxserve.engine.worker import Worker, WorkerOptions
+from fluxserve.lora.files import LoraFiles
 from fluxserve.prompting.upsample import UpsamplingFailed, build_upsampler
 from fluxserve.runtime.provenance import c2pa_signer
 from fluxserve.runtime.tiers import parse_tiers
@@ -63,6 +64,7 @@ def run_worker(
         step_cache_threshold=settings.step_cache_threshold,
         memory_preset=settings.memory_preset,
         cuda_graphs=settings.cuda_graphs,
+        max_loaded_loras=settings.max_loaded_loras,
     )
     runner.load()
     warm_up(runner, settings.warmup)
@@ -93,9 +95,19 @@ def run_worker(
         batch=BatchPolicy(batch_size(settings, runner), settings.max_batch_wait_ms / 1000),
     )
     try:
-        Worker(store, storage, runner, options, wake, stop, moderation).run()
+        Worker(store, storage, runner, options, wake, stop, moderation, lora_files(settings)).run()
     finally:
         store.close()
+
+
+def lora_files(settings: Settings) -> LoraFiles:
+    """This host's LoRA disk cache, in the data dir (shared by its workers)."""
+    return LoraFiles(
+        settings.data_dir / "loras",
+        int(settings.lora_cache_gb * 1024**3),
+        settings.max_lora_bytes,
+        settings.url_policy,
+    )
 
 
 def batch_size(settings: Settings, runner: FluxRunner) -> int:

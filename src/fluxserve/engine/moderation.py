@@ -42,7 +42,8 @@ class Moderation:
     def before(self, job: Job, inputs: GenerationInputs) -> Admitted:
         """Rewrite the prompt if asked, then check it and every input image."""
         request = job.request
-        report = JobReport(verdicts=list(job.report.verdicts), notes=list(job.report.notes))
+        report = JobReport(verdicts=list(job.report.verdicts), notes=list(job.report.notes),
+                           loras=list(job.report.loras))  # fmt: skip
         if request.prompt_upsampling:
             prompt = self._upsample(job.id, request.prompt, report)
             if prompt != request.prompt:

@@ -27,9 +27,11 @@ from fluxserve.domain import GenerationRequest, Job, JobReport, JobStatus
 from fluxserve.engine.batcher import BatchPolicy, batchable, wait_for_more
 from fluxserve.engine.lease import LeaseKeeper
 from fluxserve.engine.moderation import Moderation
-from fluxserve.errors import GenerationCancelled, StorageError
+from fluxserve.errors import GenerationCancelled, LoraError, StorageError
 from fluxserve.logs import job_context
-from fluxserve.runtime.base import GenerationInputs, OnStep, Runner, ShouldStop
+from fluxserve.lora.files import LoraFiles
+from fluxserve.lora.sources import describe
+from fluxserve.runtime.base import GenerationInputs, LoraFile, OnStep, Runner, ShouldStop
 from fluxserve.runtime.postprocess import encode_image, generation_metadata
 from fluxserve.safety.checks import SafetyChecks
 from fluxserve.storage.base import BlobStorage, result_key
@@ -102,7 +104,10 @@ def run_batch(
         work = batch[0]
         return [runner.generate(work.request, work.inputs, on_step, should_stop)]
     requests = [work.request for work in batch]
-    return [[image] for image in runner.generate_batch(requests, on_step, should_stop)]
+    # The LoRAs are part of the batch key: every job of the batch has the first one's.
+    loras = {"loras": batch[0].inputs.loras} if batch[0].inputs.loras else {}
+    made = runner.generate_batch(requests, on_step, should_stop, **loras)  # type: ignore[attr-defined]
+    return [[image] for image in made]
 
 
 class Worker:
@@ -115,8 +120,10 @@ class Worker:
         wake: WakeLike,
         stop: FlagLike,
         moderation: Moderation | None = None,
+        loras: LoraFiles | None = None,
     ) -> None:
         self.store = store
+        self.loras = loras  # this host's LoRA disk cache; None: jobs with LoRAs fail
         self.storage = storage
         self.runner = runner
         self.options = options
@@ -273,6 +280,11 @@ class Worker:
             for job in live:
                 self._storage_failed(job, exc)
             return
+        if isinstance(exc, LoraError):  # the LoRA's fault, not the server's: say which
+            logger.warning("job(s) %s: %s", ", ".join(j.id for j in live), exc.message)
+            for job in live:
+                self._finish(self.store.fail, job.id, job.attempt, exc.code, exc.message)
+            return
         ids = [job.id for job in live]
         logger.error("job(s) %s failed", ", ".join(ids), exc_info=exc, extra={"job_ids": ids})
         for job in live:
@@ -381,6 +393,10 @@ class Worker:
         started = time.perf_counter()
         images = run_batch(self.runner, batch, on_step, should_stop)
         self.last_model_seconds = time.perf_counter() - started
+        gpu = getattr(self.runner, "last_lora_report", [])
+        for work in batch:  # where each LoRA came from, and what loading it took
+            for disk, taken in zip(work.report.loras, gpu, strict=False):
+                disk.update(taken)
         outcomes = []
         for work, made in zip(batch, images, strict=True):
             job = work.job
@@ -421,11 +437,27 @@ class Worker:
         return keys
 
     def _read_inputs(self, job: Job) -> GenerationInputs:
-        """The job's input images, from storage (the API checked them before queueing)."""
+        """The job's input images, from storage (the API checked them before queueing),
+        and its LoRAs, from this host's disk cache (fetched on a miss)."""
         request = job.request
         images = [_open(self.storage.get(key)) for key in request.input_keys]
         mask = _open(self.storage.get(request.mask_key)) if request.mask_key else None
-        return GenerationInputs(images=images, mask=mask)
+        return GenerationInputs(images=images, mask=mask, loras=self._fetch_loras(job))
+
+    def _fetch_loras(self, job: Job) -> list[LoraFile]:
+        if not job.request.loras:
+            return []
+        if self.loras is None:
+            raise LoraError("lora_unavailable", "this worker has no LoRA cache configured")
+        files = []
+        job.report.loras = []
+        for source, scale in job.request.loras:
+            downloads = self.loras.counters.downloads
+            local = self.loras.fetch(source)
+            fetched = "download" if self.loras.counters.downloads > downloads else "cached"
+            job.report.loras.append({"lora": describe(source), "scale": scale, "disk": fetched})
+            files.append(LoraFile(local.path, local.digest, describe(source), scale))
+        return files
 
 
 def _open(data: bytes) -> Image.Image:

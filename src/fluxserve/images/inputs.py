@@ -20,6 +20,7 @@ import binascii
 import io
 import warnings
 from dataclasses import dataclass, field
+from typing import BinaryIO
 from urllib.parse import urljoin
 
 import httpx
@@ -40,15 +41,18 @@ class ImageLimits:
     fetch_timeout: float = 15.0
 
 
-def fetch_url(url: str, field_name: str, limits: ImageLimits, policy: UrlPolicy) -> bytes:
-    """The bytes at ``url``, checking every redirect hop against ``policy``."""
+def fetch_url(url: str, field_name: str, limits: ImageLimits, policy: UrlPolicy,
+              sink: BinaryIO | None = None) -> bytes:  # fmt: skip
+    """The bytes at ``url``, checking every redirect hop against ``policy``; with ``sink``
+    they are written there as they arrive (a large file never sits in memory) and b"" is
+    returned."""
     # trust_env off: an operator's HTTP(S)_PROXY must not carry these fetches elsewhere.
     with httpx.Client(
         timeout=limits.fetch_timeout, follow_redirects=False, trust_env=False
     ) as client:
         for _ in range(MAX_REDIRECTS + 1):
             addresses = check_url(url, field_name, policy)
-            redirect = _fetch_from(client, url, addresses, field_name, limits)
+            redirect = _fetch_from(client, url, addresses, field_name, limits, sink)
             if isinstance(redirect, bytes):
                 return redirect
             url = redirect
@@ -56,8 +60,9 @@ def fetch_url(url: str, field_name: str, limits: ImageLimits, policy: UrlPolicy)
 
 
 def _fetch_from(
-    client: httpx.Client, url: str, addresses: list[str], field_name: str, limits: ImageLimits
-) -> bytes | str:
+    client: httpx.Client, url: str, addresses: list[str], field_name: str, limits: ImageLimits,
+    sink: BinaryIO | None = None,
+) -> bytes | str:  # fmt: skip
     """The body at ``url``, or the URL it redirects to. Each checked address is tried in
     turn while it cannot be connected to (a host with a dead IPv6 route, one server down)."""
     for n, address in enumerate(addresses):
@@ -71,7 +76,12 @@ def _fetch_from(
                         field_name,
                         f"{field_name}: fetching it answered HTTP {response.status_code}",
                     )
-                return _read_capped(response, field_name, limits)
+                length = response.headers.get("content-length", "")
+                if length.isdigit() and int(length) > limits.max_bytes:  # before reading
+                    raise InvalidRequest(
+                        field_name, f"{field_name} is larger than {limits.max_bytes} bytes"
+                    )
+                return _read_capped(response, field_name, limits, sink)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             if n + 1 < len(addresses):
                 continue  # nothing was sent: the next address is as good
@@ -85,7 +95,8 @@ def _fetch_from(
     raise AssertionError("check_url returns at least one address")
 
 
-def _read_capped(response: httpx.Response, field_name: str, limits: ImageLimits) -> bytes:
+def _read_capped(response: httpx.Response, field_name: str, limits: ImageLimits,
+                 sink: BinaryIO | None = None) -> bytes:  # fmt: skip
     chunks, size = [], 0
     for chunk in response.iter_bytes():
         size += len(chunk)
@@ -93,7 +104,10 @@ def _read_capped(response: httpx.Response, field_name: str, limits: ImageLimits)
             raise InvalidRequest(
                 field_name, f"{field_name} is larger than {limits.max_bytes} bytes"
             )
-        chunks.append(chunk)
+        if sink is not None:
+            sink.write(chunk)
+        else:
+            chunks.append(chunk)
     return b"".join(chunks)
 
 

@@ -33,6 +33,8 @@ ENDPOINT_KINDS: dict[str, ModelKind] = {
     # Ultra: a FLUX.2 model when one is loaded, else a FLUX.1 [dev]-kind one (route()).
     "flux-pro-1.1-ultra": ModelKind.DEV,
     "fal-ai/flux-pro/v1.1-ultra": ModelKind.DEV,
+    "fal-ai/flux-lora": ModelKind.DEV,
+    "fal-ai/flux-lora/image-to-image": ModelKind.DEV,
     "fal-ai/flux/krea": ModelKind.KREA,
     "fal-ai/flux/krea/image-to-image": ModelKind.KREA,
     "fal-ai/flux-1/krea": ModelKind.KREA,
@@ -60,6 +62,8 @@ ENDPOINT_KINDS: dict[str, ModelKind] = {
             "fal-ai/flux-2-flex/edit",
             "fal-ai/flux-2-max",
             "fal-ai/flux-2-max/edit",
+            "fal-ai/flux-2/lora",
+            "fal-ai/flux-2/lora/edit",
         ],
         ModelKind.FLUX2_DEV,
     ),  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from PIL import Image
@@ -14,12 +15,23 @@ OnStep = Callable[[int, int], None]  # (steps done, total steps)
 ShouldStop = Callable[[], bool]
 
 
+@dataclass(frozen=True)
+class LoraFile:
+    """A request's LoRA on this worker's disk (fetched by the engine), at its scale."""
+
+    path: Path
+    digest: str  # sha256 of the file: names the adapter on the GPU
+    name: str  # the source as people read it, for messages
+    scale: float
+
+
 @dataclass
 class GenerationInputs:
-    """The images a request brings (read back from storage by the worker)."""
+    """The images a request brings (read back from storage by the worker), and its LoRAs."""
 
     images: list[Image.Image] = field(default_factory=list)
     mask: Image.Image | None = None
+    loras: list[LoraFile] = field(default_factory=list)
 
 
 class Runner(Protocol):

@@ -26,12 +26,13 @@ from diffusers import (
 from PIL import Image
 
 from fluxserve.domain import GenerationRequest, Task
-from fluxserve.errors import GenerationCancelled, ModelLoadError
+from fluxserve.errors import GenerationCancelled, LoraError, ModelLoadError
 from fluxserve.images.ops import reference_sheet
 from fluxserve.images.sizing import size_for_aspect
 from fluxserve.runtime import text_encoding
-from fluxserve.runtime.base import GenerationInputs, OnStep, ShouldStop
+from fluxserve.runtime.base import GenerationInputs, LoraFile, OnStep, ShouldStop
 from fluxserve.runtime.device import configure_threads, pick_device, pick_dtype
+from fluxserve.runtime.loras import AdapterSet
 from fluxserve.runtime.memory import (
     NONE_PLAN,
     MemoryPlan,
@@ -96,6 +97,7 @@ class FluxRunner:
         step_cache_threshold: float = STEP_CACHE_THRESHOLD,
         memory_preset: str = "none",
         cuda_graphs: bool = False,
+        max_loaded_loras: int = 4,
     ) -> None:
         self.models = {model.name: model for model in models}
         # The tier each model is optimised for; a job may ask for less (fal's acceleration).
@@ -121,6 +123,9 @@ class FluxRunner:
         self._loaded: dict[str, Any] = {}  # component fingerprint -> the module loaded
         self._device = torch.device("cpu")
         self._dtype = torch.float32
+        self.max_loaded_loras = max_loaded_loras
+        self.adapters: dict[int, AdapterSet] = {}  # id(transformer) -> its loaded LoRAs
+        self.last_lora_report: list[dict] = []  # what the last job's LoRAs took
 
     def load(self) -> None:
         # Per-component loading bars mean nothing in a server log.
@@ -283,6 +288,7 @@ class FluxRunner:
         pipeline = self._pipeline_for(request)
         spec = self.models[request.model].spec
         self._use_tier(request, pipeline)
+        self._use_loras(request.model, pipeline, inputs.loras)
         step_end = StepCallback(on_step, should_stop, request.steps)
 
         # Noise from a seeded CPU generator: the same seed gives the same image on any device.
@@ -301,8 +307,9 @@ class FluxRunner:
         return list(output.images)
 
     def generate_batch(
-        self, requests: list[GenerationRequest], on_step: OnStep, should_stop: ShouldStop
-    ) -> list[Image.Image]:
+        self, requests: list[GenerationRequest], on_step: OnStep, should_stop: ShouldStop,
+        loras: list[LoraFile] | None = None,
+    ) -> list[Image.Image]:  # fmt: skip
         """One image per request, made as one batch: each keeps its prompt and its seed's
         noise, so each image matches its solo image within float tolerance.
 
@@ -315,6 +322,7 @@ class FluxRunner:
         pipeline = self._pipeline_for(first)
         spec = self.models[first.model].spec
         self._use_tier(first, pipeline)  # the tier is part of the batch key
+        self._use_loras(first.model, pipeline, loras or [])  # so are the LoRAs
         step_end = StepCallback(on_step, should_stop, first.steps)
 
         prompts = [self._prompt_arguments(pipeline, spec, r.prompt, 1) for r in requests]
@@ -338,6 +346,37 @@ class FluxRunner:
         if step_end.cancelled:
             raise GenerationCancelled("generation stopped before its last step")
         return list(output.images)
+
+    def _use_loras(self, model: str, pipeline: Any, loras: list[LoraFile]) -> None:
+        """Make ``loras`` the active adapters (none: the base model)."""
+        adapters = self.adapters.get(id(pipeline.transformer))
+        if not loras and adapters is None:
+            self.last_lora_report = []
+            return
+        if loras:
+            self._check_lora_weights(model)
+        if adapters is None:
+            plan = self.tier_plans[model]
+            if plan.fuse_qkv:  # a LoRA on to_q/to_k/to_v needs the projections apart
+                pipeline.transformer.unfuse_qkv_projections()
+                logger.info("%s: QKV projections unfused for LoRAs", model)
+            adapters = AdapterSet(self.max_loaded_loras, hotswap=plan.compile)
+            self.adapters[id(pipeline.transformer)] = adapters
+        self.last_lora_report = adapters.apply(pipeline, loras, model)
+
+    def _check_lora_weights(self, model: str) -> None:
+        """LoRAs run on the lossless tier's weights: quantised weights (fp8, NF4) either
+        fail to take an adapter or silently ignore it, so such a job is refused."""
+        plan = self.tier_plans[model]
+        quantised = self.memory_plan.transformer_weights
+        if plan.fp8_weights or quantised != "model-dtype":
+            weights = "fp8" if plan.fp8_weights else quantised
+            raise LoraError(
+                "lora_unsupported_weights",
+                f"{model} is loaded with {weights} transformer weights, which LoRAs cannot "
+                "be applied to; serve it at --tier lossless without a quantising "
+                "--memory-preset to use LoRAs",
+            )
 
     def _prompt_arguments(
         self, pipeline: Any, spec: ModelSpec, prompt: str, num_images: int

@@ -39,6 +39,11 @@ def generation_metadata(request: GenerationRequest, include_prompt: bool) -> dic
         "width": request.width,
         "height": request.height,
     }
+    if request.loras:  # "source@scale", in the order they were applied
+        meta["loras"] = ", ".join(
+            f"{source.removeprefix('hf:').removeprefix('file:')}@{scale:g}"
+            for source, scale in request.loras
+        )
     if include_prompt:
         meta["prompt"] = request.prompt
     return meta

@@ -76,6 +76,16 @@ api_keys = sa.Table(
     sa.Column("spent", sa.Float, nullable=False, server_default="0"),
 )
 
+# The operator's LoRA registry (``fluxserve loras``; BFL's finetunes): a name for a source.
+loras = sa.Table(
+    "loras",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("source", sa.String(2100), nullable=False),
+    sa.Column("scale", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
 workers = sa.Table(
     "workers",
     metadata,

@@ -341,7 +341,10 @@ def failure_of(job: Job) -> Failure | None:
     # image of the request was blocked: fal never fails a batch for its content.
     if job.status not in (JobStatus.SUCCEEDED, JobStatus.CONTENT_MODERATED):
         message = job.error_message or "The request did not complete."
-        return Failure(FAILED_STATUS.get(job.status, 500), message, job.error_code or "error")
+        status = FAILED_STATUS.get(job.status, 500)
+        if (job.error_code or "").startswith("lora_"):  # the request's LoRA, not the server
+            status = 422
+        return Failure(status, message, job.error_code or "error")
     return None
 
 

@@ -17,7 +17,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from fluxserve.api.validators import NotBool, ValidText, multiple_of
+from fluxserve.api.validators import LoraList, NotBool, ValidText, multiple_of
 from fluxserve.config import MAX_IMAGES_CAP
 from fluxserve.domain import MAX_SEED
 from fluxserve.jobs.imageprep import DEFAULT_STRENGTH
@@ -350,6 +350,38 @@ class Flux2EditInput(Flux2Input):
     image_size: Annotated[Flux2ImageSize | None, BeforeValidator(_preset_or_auto)] = Field(
         None, description="As on the text-to-image id; default auto (the first image's size)."
     )
+
+
+# -- LoRA ------------------------------------------------------------------------------------
+
+LORAS_DESCRIPTION = (
+    "LoRAs to apply, in order: {path, scale}; path is a registered LoRA's name, a Hugging Face "
+    "repo id or an http(s) URL of a .safetensors file"
+)
+
+
+class FluxLoraInput(FluxInput):
+    """``fal-ai/flux-lora`` (FLUX.1 [dev] with LoRAs)."""
+
+    loras: LoraList = Field(default_factory=list, description=LORAS_DESCRIPTION)
+
+
+class FluxLoraImageToImageInput(FluxImageToImageInput):
+    """``fal-ai/flux-lora/image-to-image``."""
+
+    loras: LoraList = Field(default_factory=list, description=LORAS_DESCRIPTION)
+
+
+class Flux2LoraInput(Flux2Input):
+    """``fal-ai/flux-2/lora`` (FLUX.2 with LoRAs)."""
+
+    loras: LoraList = Field(default_factory=list, description=LORAS_DESCRIPTION)
+
+
+class Flux2LoraEditInput(Flux2EditInput):
+    """``fal-ai/flux-2/lora/edit``."""
+
+    loras: LoraList = Field(default_factory=list, description=LORAS_DESCRIPTION)
 
 
 class Image(BaseModel):

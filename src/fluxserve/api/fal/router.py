@@ -20,10 +20,14 @@ from fluxserve.api.fal import convert
 from fluxserve.api.fal.protocol import (
     Flux2EditInput,
     Flux2Input,
+    Flux2LoraEditInput,
+    Flux2LoraInput,
     Flux2ProEditInput,
     Flux2ProInput,
     FluxImageToImageInput,
     FluxInput,
+    FluxLoraImageToImageInput,
+    FluxLoraInput,
     FluxProFillInput,
     FluxProUltraInput,
     FluxProV11Input,
@@ -37,8 +41,10 @@ from fluxserve.api.fal.protocol import (
     QueueSubmitted,
     _Base,
 )
+from fluxserve.api.validators import lora_wants
 from fluxserve.bootstrap import Services
 from fluxserve.domain import Job, JobStatus
+from fluxserve.jobs.routing import FAL_KLEIN_SUBPATHS
 from fluxserve.jobs.service import Submission
 from fluxserve.jobs.webhooks import url_problem
 
@@ -50,16 +56,8 @@ FAL_APPS: dict[str, list[str]] = {
     "fal-ai/flux-1": ["schnell", "dev", "krea"],
     "fal-ai/flux-kontext": ["dev"],
     # "": the app id itself is an endpoint (fal-ai/flux-2-pro).
-    "fal-ai/flux-2": [
-        "",
-        "edit",
-        *(
-            f"klein/{size}{base}{edit}"
-            for size in ("4b", "9b")
-            for base in ("", "/base")
-            for edit in ("", "/edit")
-        ),
-    ],
+    "fal-ai/flux-2": ["", "edit", "lora", "lora/edit", *FAL_KLEIN_SUBPATHS],
+    "fal-ai/flux-lora": ["", "image-to-image"],
     "fal-ai/flux-2-pro": ["", "edit"],
     "fal-ai/flux-2-flex": ["", "edit"],
     "fal-ai/flux-2-max": ["", "edit"],
@@ -96,14 +94,16 @@ INPUT_MODELS: dict[str, type[_Base]] = {
     "fal-ai/flux-2-pro/edit": Flux2ProEditInput,
     "fal-ai/flux-2-max/edit": Flux2ProEditInput,
     "fal-ai/flux-2": Flux2Input,
+    "fal-ai/flux-lora": FluxLoraInput,
+    "fal-ai/flux-lora/image-to-image": FluxLoraImageToImageInput,
+    "fal-ai/flux-2/lora": Flux2LoraInput,
+    "fal-ai/flux-2/lora/edit": Flux2LoraEditInput,
     "fal-ai/flux-2-flex": Flux2Input,
     "fal-ai/flux-2/edit": Flux2EditInput,
     "fal-ai/flux-2-flex/edit": Flux2EditInput,
     **{
-        f"fal-ai/flux-2/klein/{size}{base}{edit}": Flux2EditInput if edit else Flux2Input
-        for size in ("4b", "9b")
-        for base in ("", "/base")
-        for edit in ("", "/edit")
+        f"fal-ai/flux-2/{subpath}": Flux2EditInput if subpath.endswith("/edit") else Flux2Input
+        for subpath in FAL_KLEIN_SUBPATHS
     },  # fmt: skip
 }
 SYNC_TIMEOUT = 600.0  # seconds a synchronous call waits for its job
@@ -139,6 +139,7 @@ def submit_job(endpoint: str, inputs: _Base, services: Services, caller: Submiss
     request, prepared = convert.build_request(
         endpoint, inputs, spec, services.images, services.settings.ultra_megapixels
     )
+    request = services.loras.attach(request, lora_wants(getattr(inputs, "loras", None)))
     parts = prepared.parts() if prepared else ()
     return services.jobs.submit(request, *parts, submission=caller)
 
