@@ -11,6 +11,7 @@
     ├── Unauthenticated      no API key, or one that is unknown or revoked (HTTP 401)
     ├── TooManyRequests      a key's active-job or rate limit is reached (HTTP 429)
     ├── PaymentRequired      the job would overdraw its key's credits (HTTP 402)
+    ├── Forbidden            the caller may not do this (HTTP 403)
     ├── ServerBusy           the server's queue is full (HTTP 503)
     ├── DataDirLocked        another server owns the data directory
     ├── GenerationCancelled  the denoising loop was stopped (lease lost)
@@ -79,6 +80,10 @@ class TooManyRequests(FluxserveError):
 
 class PaymentRequired(FluxserveError):
     """The job costs more credits than its key has left (``fluxserve keys create --credits``)."""
+
+
+class Forbidden(FluxserveError):
+    """The caller is known but may not do this (an operator's action)."""
 
 
 class ServerBusy(TooManyRequests):

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fluxserve.errors import (
     ConfigurationError,
     FluxserveError,
+    Forbidden,
     InvalidRequest,
     JobNotFound,
     ModelLoadError,
@@ -49,6 +50,7 @@ STATUS_CODES: dict[type[FluxserveError], int] = {
     TooManyRequests: 429,
     ServerBusy: 503,
     PaymentRequired: 402,
+    Forbidden: 403,
 }
 ERROR_TYPES: dict[type[FluxserveError], str] = {
     InvalidRequest: "invalid_request",
@@ -59,6 +61,7 @@ ERROR_TYPES: dict[type[FluxserveError], str] = {
     TooManyRequests: "rate_limited",
     ServerBusy: "server_busy",
     PaymentRequired: "insufficient_credits",
+    Forbidden: "forbidden",
 }
 # OpenAI's own codes for these, as its SDK and users know them.
 OPENAI_CODES: dict[type[FluxserveError], str] = {

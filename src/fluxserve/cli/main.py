@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from fluxserve import __version__
 from fluxserve.cli.bench import add_bench_parser  # torch-free
 from fluxserve.cli.keys import add_keys_parser
+from fluxserve.cli.loras import add_loras_parser
 from fluxserve.config import Settings
 from fluxserve.errors import FluxserveError
 from fluxserve.specs import MODEL_SPECS
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_parser(commands)
     add_keys_parser(commands, _settings_flags)
+    add_loras_parser(commands, _settings_flags)
     return parser
 
 
@@ -112,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             from fluxserve.cli.generate import generate
 
             return generate(settings_from(args), args)
+        if args.command == "loras":
+            from fluxserve.cli.loras import loras_command
+
+            return loras_command(settings_from(args), args)
         if args.command == "keys":
             from fluxserve.cli.keys import keys_command
 

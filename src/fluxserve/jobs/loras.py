@@ -16,6 +16,8 @@ from fluxserve.errors import InvalidRequest
 from fluxserve.lora.sources import MAX_LORAS, LoraPolicy, check_scale, resolve
 from fluxserve.store.loras import LoraRegistry, RegisteredLora
 
+__all__ = ["LoraRequests", "LoraWanted", "RegisteredLora"]  # api/ reaches the store here
+
 
 @dataclass(frozen=True)
 class LoraWanted:

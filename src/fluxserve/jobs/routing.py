@@ -32,6 +32,8 @@ ENDPOINT_KINDS: dict[str, ModelKind] = {
     "fal-ai/flux-pro/v1.1": ModelKind.DEV,
     # Ultra: a FLUX.2 model when one is loaded, else a FLUX.1 [dev]-kind one (route()).
     "flux-pro-1.1-ultra": ModelKind.DEV,
+    "flux-pro-1.1-ultra-finetuned": ModelKind.DEV,
+    "flux-pro-1.0-fill-finetuned": ModelKind.FILL,
     "fal-ai/flux-pro/v1.1-ultra": ModelKind.DEV,
     "fal-ai/flux-lora": ModelKind.DEV,
     "fal-ai/flux-lora/image-to-image": ModelKind.DEV,
@@ -97,7 +99,9 @@ FLUX2_STANDS_IN = frozenset(
 )  # fmt: skip
 # Kinds the tiny test model stands in for when no model of the kind is loaded.
 TEST_STANDS_IN_FOR = (ModelKind.DEV, ModelKind.SCHNELL, ModelKind.KREA, None)
-ULTRA_ENDPOINTS = frozenset({"flux-pro-1.1-ultra", "fal-ai/flux-pro/v1.1-ultra"})
+ULTRA_ENDPOINTS = frozenset(
+    {"flux-pro-1.1-ultra", "flux-pro-1.1-ultra-finetuned", "fal-ai/flux-pro/v1.1-ultra"}
+)
 KIND_EXAMPLES: dict[ModelKind, str] = {
     ModelKind.KONTEXT: "a Kontext model such as flux-kontext-dev (or tiny-kontext)",
     ModelKind.FILL: "a Fill model such as flux-fill-dev (or tiny-fill)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from PIL import Image
 from fluxserve.api.bfl.protocol import (
     AsyncResponse,
     ByNameInputs,
+    DeleteFinetuneResponse,
     Flux2FlexInputs,
     FluxKontextProInputs,
     FluxProExpandInputs,
@@ -35,8 +37,10 @@ from fluxserve.errors import InvalidRequest
 from fluxserve.images.inputs import ImageReader
 from fluxserve.jobs import imageprep
 from fluxserve.jobs.imageprep import Prepared
+from fluxserve.jobs.loras import RegisteredLora
 from fluxserve.jobs.pricing import PriceTable
 from fluxserve.jobs.service import JobService, Submission
+from fluxserve.lora.sources import describe
 from fluxserve.specs import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -348,6 +352,24 @@ def _result_response(job: Job, sample_urls: list[str]) -> ResultResponse:
         if job.report.notes:
             response.details["notes"] = job.report.notes
     return response
+
+
+def finetune_details(entry: RegisteredLora) -> dict[str, Any]:
+    return {
+        "finetune_id": entry.name,
+        "source": describe(entry.source),
+        "finetune_strength": entry.scale,
+        "created_at": dt.datetime.fromtimestamp(entry.created_at, dt.UTC).isoformat(),
+    }
+
+
+def deleted_finetune(finetune_id: str) -> DeleteFinetuneResponse:
+    return DeleteFinetuneResponse(
+        status="success",
+        message=f"Finetune {finetune_id} deleted",
+        deleted_finetune_id=finetune_id,
+        timestamp=dt.datetime.now(dt.UTC).isoformat(),
+    )
 
 
 def not_found(job_id: str) -> ResultResponse:

@@ -225,6 +225,49 @@ class FluxUltraInputs(_CommonInputs):
     )
 
 
+FinetuneId = Annotated[
+    str, Field(min_length=1, max_length=200, description="A LoRA the operator registered.")
+]
+
+
+class FinetuneFluxUltraInputs(FluxUltraInputs):
+    """``/v1/flux-pro-1.1-ultra-finetuned`` (``FinetuneFluxUltraInput``): Ultra with the
+    registered LoRA ``finetune_id`` at ``finetune_strength``."""
+
+    finetune_id: FinetuneId
+    finetune_strength: Annotated[float, Field(ge=0, le=2), NotBool] = Field(
+        1.2, description="0-2: the LoRA's scale."
+    )
+
+
+class FinetuneFluxProFillInputs(FluxProFillInputs):
+    """``/v1/flux-pro-1.0-fill-finetuned`` (``FinetuneFluxProFillInputs``)."""
+
+    finetune_id: FinetuneId
+    finetune_strength: Annotated[float, Field(ge=0, le=2), NotBool] = Field(
+        1.1, description="0-2: the LoRA's scale."
+    )
+
+
+class MyFinetunesResponse(BaseModel):
+    finetunes: list[str]
+
+
+class FinetuneDetailResponse(BaseModel):
+    finetune_details: dict[str, Any]
+
+
+class DeleteFinetuneInputs(BaseModel):
+    finetune_id: FinetuneId
+
+
+class DeleteFinetuneResponse(BaseModel):
+    status: str
+    message: str
+    deleted_finetune_id: str
+    timestamp: str
+
+
 # -- FLUX.2 ----------------------------------------------------------------------------------
 
 Flux2Side = Annotated[

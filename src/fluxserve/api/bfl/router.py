@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 from fastapi import APIRouter, Depends, Query
 
@@ -13,6 +14,11 @@ from fluxserve.api.bfl.protocol import (
     AsyncResponse,
     ByNameInputs,
     CreditsResponse,
+    DeleteFinetuneInputs,
+    DeleteFinetuneResponse,
+    FinetuneDetailResponse,
+    FinetuneFluxProFillInputs,
+    FinetuneFluxUltraInputs,
     Flux2FlexInputs,
     Flux2Inputs,
     Flux2KleinInputs,
@@ -24,13 +30,15 @@ from fluxserve.api.bfl.protocol import (
     FluxProInputs,
     FluxSchnellInputs,
     FluxUltraInputs,
+    MyFinetunesResponse,
     ResultResponse,
     _CommonInputs,
     _Flux2Common,
 )
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
 from fluxserve.domain import Task
-from fluxserve.errors import ModelNotAvailable
+from fluxserve.errors import Forbidden, ModelNotAvailable
+from fluxserve.jobs.loras import LoraWanted
 from fluxserve.jobs.service import Submission
 from fluxserve.specs import ModelSpec
 
@@ -42,11 +50,14 @@ router = APIRouter(prefix="/v1", tags=["bfl"])
 def _submit(
     endpoint: str, inputs: _CommonInputs, services: ServicesDep, base: str, caller: Submission,
     build: Builder = convert.text_to_image_request, raw: bool = False,
+    loras: Sequence[LoraWanted] = (),
 ) -> AsyncResponse:  # fmt: skip
     """Every BFL submit: route the endpoint to a model (``raw``: Ultra's raw mode), build the
-    request and its input images with ``build``, queue it, answer with where to poll."""
+    request and its input images with ``build``, add its LoRAs, queue it, answer with where
+    to poll."""
     spec = services.router.route(endpoint, raw=raw)
     request, prepared = build(endpoint, inputs, spec, services.images)
+    request = services.loras.attach(request, list(loras))
     caller = convert.with_webhook(caller, inputs, base)
     job = services.jobs.submit(request, *(prepared.parts() if prepared else ()), submission=caller)
     return convert.to_async_response(job, base, services.prices)
@@ -88,6 +99,70 @@ def flux_pro_11_ultra(
     model makes ``--ultra-megapixels``); ``raw`` on FLUX.1 Krea [dev] when it is loaded."""
     build = functools.partial(convert.ultra_request, megapixels=services.settings.ultra_megapixels)
     return _submit("flux-pro-1.1-ultra", inputs, services, base, caller, build, raw=inputs.raw)
+
+
+# -- finetunes: LoRAs the operator registered (``fluxserve loras add``) -----------------------
+
+
+def _finetune(inputs: FinetuneFluxUltraInputs | FinetuneFluxProFillInputs,
+              services: ServicesDep) -> list[LoraWanted]:  # fmt: skip
+    services.loras.registered(inputs.finetune_id)  # a name, never a URL or a repo id
+    return [LoraWanted("finetune_id", inputs.finetune_id, inputs.finetune_strength,
+                       "finetune_strength")]  # fmt: skip
+
+
+@router.post("/flux-pro-1.1-ultra-finetuned", response_model=AsyncResponse)
+def flux_pro_11_ultra_finetuned(
+    inputs: FinetuneFluxUltraInputs, services: ServicesDep, base: BaseUrlDep,
+    caller: SubmitterDep,
+):  # fmt: skip
+    """Ultra with the registered LoRA ``finetune_id`` at ``finetune_strength``."""
+    build = functools.partial(convert.ultra_request, megapixels=services.settings.ultra_megapixels)
+    return _submit("flux-pro-1.1-ultra-finetuned", inputs, services, base, caller, build,
+                   loras=_finetune(inputs, services))  # fmt: skip
+
+
+@router.post("/flux-pro-1.0-fill-finetuned", response_model=AsyncResponse)
+def flux_pro_fill_finetuned(
+    inputs: FinetuneFluxProFillInputs, services: ServicesDep, base: BaseUrlDep,
+    caller: SubmitterDep,
+):  # fmt: skip
+    """Fill with the registered LoRA ``finetune_id`` at ``finetune_strength``."""
+    return _submit("flux-pro-1.0-fill-finetuned", inputs, services, base, caller,
+                   convert.fill_request, loras=_finetune(inputs, services))  # fmt: skip
+
+
+@router.get("/my_finetunes", response_model=MyFinetunesResponse)
+def my_finetunes(services: ServicesDep, _key: CallerDep) -> MyFinetunesResponse:
+    """The registered LoRAs, by name (every key sees the operator's registry)."""
+    return MyFinetunesResponse(finetunes=[entry.name for entry in services.loras.registry.all()])
+
+
+@router.get("/finetune_details", response_model=FinetuneDetailResponse)
+def finetune_details(
+    services: ServicesDep, _key: CallerDep, finetune_id: str = Query(...)
+) -> FinetuneDetailResponse:
+    """One registered LoRA: its source and default scale."""
+    entry = services.loras.registry.get(finetune_id)
+    if entry is None:
+        raise ModelNotAvailable(f"No LoRA is registered as {finetune_id!r}.")
+    return FinetuneDetailResponse(finetune_details=convert.finetune_details(entry))
+
+
+@router.post("/delete_finetune", response_model=DeleteFinetuneResponse)
+def delete_finetune(
+    inputs: DeleteFinetuneInputs, services: ServicesDep, key: CallerDep
+) -> DeleteFinetuneResponse:
+    """Remove a registered LoRA: the operator's registry, so only without API keys (else
+    `fluxserve loras remove NAME` on the server)."""
+    if key is not None:
+        raise Forbidden(
+            "Registered LoRAs belong to the operator: remove one with `fluxserve loras "
+            "remove NAME`."
+        )
+    if not services.loras.registry.remove(inputs.finetune_id):
+        raise ModelNotAvailable(f"No LoRA is registered as {inputs.finetune_id!r}.")
+    return convert.deleted_finetune(inputs.finetune_id)
 
 
 @router.post("/flux-kontext-pro", response_model=AsyncResponse)

@@ -7,13 +7,14 @@ they are form fields like the rest.
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from fluxserve.api.validators import NotBool, ValidText
+from fluxserve.api.validators import LoraList, NotBool, ValidText
 from fluxserve.config import MAX_IMAGES_CAP
 from fluxserve.domain import MAX_SEED
 
@@ -47,6 +48,16 @@ def _check_size(value: str) -> str:
     return value
 
 
+def _json_in_a_form(value: Any) -> Any:
+    """A form field carries text: a list arrives as its JSON."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise PydanticCustomError("json_invalid", "loras must be a JSON list") from None
+    return value
+
+
 class _ImagesOptions(BaseModel):
     """The fields generations and edits share."""
 
@@ -69,7 +80,12 @@ class _ImagesOptions(BaseModel):
     # FLUX extras
     seed: Annotated[int, Field(ge=0, le=MAX_SEED), NotBool] | None = None
     steps: Annotated[int, Field(ge=1, le=50), NotBool] | None = None
-    guidance: Annotated[float, Field(ge=1.5, le=5.0), NotBool] | None = None
+    guidance: Annotated[float, Field(ge=1.5, le=10), NotBool] | None = None
+    loras: Annotated[LoraList | None, BeforeValidator(_json_in_a_form)] = Field(
+        None,
+        description="fluxserve extension, as fal's: [{path, scale}] (in an edit form, that "
+        "list as JSON text).",
+    )
     safety_tolerance: Annotated[int, Field(ge=0, le=6), NotBool] | None = Field(
         None, description="0 (strictest) to 6; default 2, or 6 with moderation=low."
     )

@@ -22,6 +22,7 @@ from fluxserve.api.openai.protocol import (
     ModelList,
     edit_form_schema,
 )
+from fluxserve.api.validators import lora_wants
 from fluxserve.bootstrap import Services
 from fluxserve.domain import Job, JobStatus
 from fluxserve.errors import InvalidRequest
@@ -74,6 +75,8 @@ async def create_image(
     """Generate images and answer when they are ready."""
     spec = convert.resolve_model(services.router, body.model)
     request = convert.to_generation_request(body, spec)
+    if body.loras:  # a registry read and address checks: off the event loop
+        request = await run_in_threadpool(services.loras.attach, request, lora_wants(body.loras))
     job = await services.jobs.submit_async(request, submission=caller)
     return await _answer(job, body.response_format, services, base, http_request, caller)
 
@@ -183,6 +186,9 @@ async def edit_image(
     request, prepared = await run_in_threadpool(
         convert.to_edit_request, edit, services.router, services.images
     )
+    if edit.body.loras:
+        wants = lora_wants(edit.body.loras)
+        request = await run_in_threadpool(services.loras.attach, request, wants)
     job = await services.jobs.submit_async(request, *prepared.parts(), submission=caller)
     return await _answer(job, edit.body.response_format, services, base, http_request, caller)
 
