@@ -182,3 +182,22 @@ def tiny_flux2_dev_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fluxserve.runtime.tiny import make_tiny
 
     return make_tiny(tmp_path_factory.mktemp("models") / "tiny-flux2-dev", "tiny-flux2-dev")
+
+
+@pytest.fixture(scope="session")
+def lora_dir(tmp_path_factory, tiny_model_dir, tiny_flux2_dir) -> Path:
+    """Test LoRAs: a.safetensors and b.safetensors for tiny (FLUX.1), k.safetensors for
+    tiny-flux2 (FLUX.2), and broken files (truncated, a pickle)."""
+    from tests.loras import make_lora
+
+    directory = tmp_path_factory.mktemp("loras")
+    make_lora(tiny_model_dir, directory / "a.safetensors", seed=1)
+    make_lora(tiny_model_dir, directory / "b.safetensors", seed=2, rank=8,
+              modules=("to_q", "to_out.0"))  # fmt: skip
+    make_lora(tiny_flux2_dir, directory / "k.safetensors", seed=3,
+              modules=("to_q", "to_k", "to_v", "to_out.0"))  # fmt: skip
+    make_lora(tiny_model_dir, directory / "big.safetensors", seed=4, rank=64)  # ~100 KB
+    whole = (directory / "a.safetensors").read_bytes()
+    (directory / "truncated.safetensors").write_bytes(whole[: len(whole) // 2])
+    (directory / "model.ckpt").write_bytes(b"\x80\x04not loaded")
+    return directory

@@ -114,8 +114,7 @@ class LoraFiles:
                 return cached
             self.counters.misses += 1
             started = time.monotonic()
-            self._download(source, path)
-            check_safetensors(path, describe(source))
+            self._download(source, path)  # only a whole safetensors file gets there
             digest = file_digest(path)
             meta.write_text(json.dumps({"source": source, "sha256": digest}))
             self._remember(path)
@@ -164,6 +163,7 @@ class LoraFiles:
                 else:
                     self._from_url(source, sink)
             self._check_size(Path(staging), name)
+            check_safetensors(Path(staging), name)
             os.replace(staging, path)
         finally:
             with contextlib.suppress(FileNotFoundError):

@@ -112,9 +112,17 @@ class AdapterSet:
             name, how = self._ensure(pipeline, lora, keep, model)
             names.append(name)
             report.append({"lora": lora.name, "scale": lora.scale, "gpu": how})
+        self._trim(pipeline, keep)  # a job that needed more than the bound went over it
         pipeline.enable_lora()
         pipeline.set_adapters(names, [lora.scale for lora in active])
         return report
+
+    def _trim(self, pipeline: Any, keep: set[str]) -> None:
+        while len(self.loaded) > self.max_loaded:
+            evicted = self._evict(keep, force=True)
+            if evicted is None:
+                return
+            pipeline.delete_adapters(evicted)
 
     def _ensure(self, pipeline: Any, lora: LoraFile, keep: set[str], model: str
                 ) -> tuple[str, str]:  # fmt: skip
@@ -139,10 +147,10 @@ class AdapterSet:
         self.loaded[lora.digest] = name
         return name, how
 
-    def _evict(self, keep: set[str]) -> str | None:
+    def _evict(self, keep: set[str], force: bool = False) -> str | None:
         """Room for one more: the least recently used adapter not in ``keep`` (its name),
-        or None when there is room."""
-        if len(self.loaded) < self.max_loaded:
+        or None when there is room (or every loaded one is wanted)."""
+        if len(self.loaded) < self.max_loaded and not force:
             return None
         for digest in self.loaded:
             if digest not in keep:
