@@ -376,7 +376,20 @@ def flux2_references_run(browser, base: str, tmp_path: Path) -> None:
     assert (params["Model"], params["References"]) == ("tiny-flux2", "2")
     image = card.get_by_role("img")
     assert image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [256, 256]
-    assert errors == []
+
+    # LoRAs by path with a scale: checked in the page, sent as fal's {path, scale}; one the
+    # server cannot fetch (the Hub is offline here) fails on its card, naming it.
+    references.set_input_files([])
+    loras = page.get_by_label("LoRAs", exact=True)
+    loras.fill("acme/style 9")
+    assert "-4 to 4" in loras.evaluate("e => e.validationMessage")
+    loras.fill("acme/style 0.5")
+    bodies.clear()
+    page.get_by_role("button", name="Generate").click()
+    failed = page.locator("#gallery li").first
+    expect(failed.locator(".error")).to_contain_text("LoRA acme/style", timeout=30_000)
+    assert bodies[0]["loras"] == [{"path": "acme/style", "scale": 0.5}]
+    assert errors == [] or all("Failed to load resource" in e for e in errors)
     page.context.close()
 
 

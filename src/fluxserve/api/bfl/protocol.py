@@ -18,7 +18,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from fluxserve.api.validators import NotBool, multiple_of, valid_text
+from fluxserve.api.validators import LoraList, NotBool, multiple_of, valid_text
 from fluxserve.domain import MAX_SEED
 from fluxserve.jobs.webhooks import secret_problem, url_problem
 
@@ -366,6 +366,10 @@ class ByNameInputs(FluxDevInputs):
     input_image_6: ImageReference | None = None
     input_image_7: ImageReference | None = None
     input_image_8: ImageReference | None = None
+    loras: LoraList = Field(
+        default_factory=list,
+        description="fluxserve extension, as fal's: [{path, scale}] LoRAs to apply.",
+    )
 
     def references(self) -> list[tuple[str, str]]:
         """(field name, value) of each reference image given, in order."""

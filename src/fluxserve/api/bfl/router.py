@@ -36,6 +36,7 @@ from fluxserve.api.bfl.protocol import (
     _Flux2Common,
 )
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
+from fluxserve.api.validators import lora_wants
 from fluxserve.domain import Task
 from fluxserve.errors import Forbidden, ModelNotAvailable
 from fluxserve.jobs.loras import LoraWanted
@@ -286,4 +287,4 @@ def by_model_name(
 ):
     """Generate on the loaded model (or ``--alias``) called ``name``, as ``/v1/flux-dev``
     does on a model chosen by kind. Fixed endpoint names never reach this route."""
-    return _submit(name, inputs, services, base, caller)
+    return _submit(name, inputs, services, base, caller, loras=lora_wants(inputs.loras))

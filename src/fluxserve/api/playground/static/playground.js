@@ -16,6 +16,7 @@
   const guidanceEl = $("#guidance");
   const referencesField = $("#references-field");
   const referencesEl = $("#references");
+  const lorasEl = $("#loras");
   const seedEl = $("#seed");
   const countEl = $("#count");
   const keyEl = $("#api-key");
@@ -172,6 +173,22 @@
     return files;
   }
 
+  // "path [scale]" per line; a scale that is not a number is refused in the page.
+  function chosenLoras() {
+    const loras = [];
+    let problem = "";
+    for (const line of lorasEl.value.split("\n").map((l) => l.trim()).filter(Boolean)) {
+      const [path, scaleText, ...rest] = line.split(/\s+/);
+      const scale = scaleText === undefined ? 1 : Number(scaleText);
+      if (rest.length || !Number.isFinite(scale) || scale < -4 || scale > 4) {
+        problem = `"${line}": write a path, then a scale from -4 to 4.`;
+      }
+      loras.push({ path, scale });
+    }
+    lorasEl.setCustomValidity(problem);
+    return loras;
+  }
+
   function readAsDataUrl(file) {
     return new Promise((resolve, reject) => {
       const reader = new FileReader();
@@ -194,6 +211,7 @@
     event.preventDefault();
     const firstSeed = checkSeed();
     const files = checkReferences();
+    const loras = chosenLoras();
     if (!form.reportValidity()) return;
     const model = currentModel();
     const references = await Promise.all(files.map(readAsDataUrl));
@@ -207,6 +225,7 @@
       steps: Number(stepsEl.value),
       guidance: guidanceEl.disabled ? null : Number(guidanceEl.value),
       references: references.length,
+      loras,
     };
     const entries = [];
     for (let i = 0; i < count; i += 1) {
@@ -234,9 +253,10 @@
 
   // One job: submit, poll, show. Resolves true when its image is ready, else the reason.
   async function run(entry, view, inputs = {}) {
-    const { seed, model, guidance, references, ...fields } = entry;
+    const { seed, model, guidance, references, loras, ...fields } = entry;
     delete fields.id;
     const payload = { ...fields, ...inputs, output_format: "jpeg" };
+    if (loras?.length) payload.loras = loras;
     if (guidance !== null) payload.guidance = guidance;
     // The seed goes in as written: a Number would round seeds past 2^53.
     const body = `${JSON.stringify(payload).slice(0, -1)},"seed":${seed}}`;
@@ -338,6 +358,7 @@
       ["Steps", entry.steps],
       ...(entry.guidance !== null && entry.guidance !== undefined ? [["Guidance", entry.guidance]] : []),
       ...(entry.references ? [["References", entry.references]] : []),
+      ...(entry.loras?.length ? [["LoRAs", entry.loras.map((l) => `${l.path} @ ${l.scale}`).join(", ")]] : []),
       ["Seed", entry.seed],
     ];
     return el("dl", { class: "params" },
@@ -481,6 +502,7 @@
   modelEl.addEventListener("change", applyModel);
   sizeEl.addEventListener("change", applySize);
   seedEl.addEventListener("input", checkSeed);
+  lorasEl.addEventListener("input", chosenLoras);
   referencesEl.addEventListener("change", () => { checkReferences(); referencesEl.reportValidity(); });
   promptEl.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
