@@ -367,3 +367,14 @@ def test_fluxserve_loras_command(tmp_path):
     assert refused.returncode == 2
     assert "pickle" in refused.stderr
     assert run("loras", "remove", "mine", "--data-dir", str(tmp_path)).returncode == 0
+
+
+def test_get_result_says_where_each_lora_came_from(client, server):
+    body = {"prompt": PROMPT, "width": 256, "height": 256, "steps": 2,
+            "loras": [{"path": server.url("b.safetensors"), "scale": 0.4}]}  # fmt: skip
+    first = poll_result(client, client.post("/v1/tiny", json=body).json()["id"], timeout=120)
+    again = poll_result(client, client.post("/v1/tiny", json=body).json()["id"], timeout=120)
+    (lora,) = first["details"]["loras"]
+    assert (lora["scale"], lora["disk"]) == (0.4, "download")
+    assert again["details"]["loras"][0]["disk"] == "cached"
+    assert again["details"]["loras"][0]["gpu"] in ("loaded", "load")

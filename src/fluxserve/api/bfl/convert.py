@@ -297,6 +297,8 @@ def to_async_response(job: Job, base_url: str, prices: PriceTable) -> AsyncRespo
 
 def to_result_response(job: Job, sample_urls: list[str]) -> ResultResponse:
     response = _result_response(job, sample_urls)
+    if job.report.loras:  # fluxserve extension: where each LoRA came from
+        response.details = {**(response.details or {}), "loras": job.report.loras}
     if job.webhook is not None:  # fluxserve extension: how the webhook's delivery went
         webhook = {"state": job.webhook_state, "attempts": job.webhook_attempts,
                    "error": job.webhook_error}  # fmt: skip
