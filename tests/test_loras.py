@@ -378,3 +378,22 @@ def test_get_result_says_where_each_lora_came_from(client, server):
     assert (lora["scale"], lora["disk"]) == (0.4, "download")
     assert again["details"]["loras"][0]["disk"] == "cached"
     assert again["details"]["loras"][0]["gpu"] in ("loaded", "load")
+
+
+def test_metrics_count_lora_cache_hits_downloads_and_swaps(client, server):
+    import time
+
+    body = {"prompt": PROMPT, "width": 256, "height": 256, "steps": 2,
+            "loras": [{"path": server.url("a.safetensors"), "scale": 0.3}]}  # fmt: skip
+    for _ in range(2):  # the second finds it in the disk cache
+        poll_result(client, client.post("/v1/tiny", json=body).json()["id"], timeout=120)
+    wanted = ('fluxserve_lora_disk_total{result="cached"}', "fluxserve_lora_swap_seconds_count",
+              'fluxserve_lora_gpu_total{result="')  # fmt: skip
+    deadline = time.monotonic() + 10  # /metrics reads ended jobs a moment after they end
+    while True:
+        text = client.get("/metrics").text
+        if all(line in text for line in wanted) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for line in wanted:
+        assert line in text, line

@@ -109,9 +109,12 @@ class AdapterSet:
         report = []
         names = []
         for lora in active:
+            started = time.perf_counter()
             name, how = self._ensure(pipeline, lora, keep, model)
             names.append(name)
-            report.append({"lora": lora.name, "scale": lora.scale, "gpu": how})
+            seconds = round(time.perf_counter() - started, 4)
+            report.append({"lora": lora.name, "scale": lora.scale, "gpu": how,
+                           "swap_seconds": seconds})  # fmt: skip
         self._trim(pipeline, keep)  # a job that needed more than the bound went over it
         pipeline.enable_lora()
         pipeline.set_adapters(names, [lora.scale for lora in active])

@@ -11,7 +11,7 @@ old worker's late writes match no row.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fluxserve.domain import Job, JobReport, JobStatus
@@ -53,6 +53,7 @@ class EndedJob:
     started_at: float | None  # None: it ended before any worker started it
     finished_at: float
     batch_size: int | None
+    loras: list[dict] = field(default_factory=list)  # the report's, one per LoRA
 
 
 class JobTable(Protocol):

@@ -62,6 +62,7 @@ class SqlJobStats(SqlStoreBase):
                 jobs.c.started_at,
                 jobs.c.finished_at,
                 jobs.c.batch_size,
+                jobs.c.report,
             )
             .where(jobs.c.finished_at >= finished_at, later, jobs.c.status.in_(ended))
             .order_by(jobs.c.finished_at, jobs.c.seq)
@@ -80,6 +81,7 @@ class SqlJobStats(SqlStoreBase):
                 started_at=row.started_at,
                 finished_at=row.finished_at,
                 batch_size=row.batch_size,
+                loras=json.loads(row.report or "{}").get("loras") or [],
             )
             for row in rows
         ]

@@ -43,6 +43,7 @@ QUEUE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 180
 GENERATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600)
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 2, 5)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+LORA_SWAP_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Outcomes that made images: only these have a meaningful generation and step time.
 MADE_IMAGES = (JobStatus.SUCCEEDED, JobStatus.CONTENT_MODERATED)
 
@@ -195,10 +196,38 @@ class JobMetrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.lora_disk = Counter(
+            "fluxserve_lora_disk",
+            "LoRAs a started job needed, by where the worker found it: cached (a hit of the "
+            "disk cache) or download (a miss).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.lora_gpu = Counter(
+            "fluxserve_lora_gpu",
+            "LoRAs a job applied, by what it took on the GPU: loaded (already there), load, "
+            "hotswap, or unused (scale 0).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.lora_swap = Histogram(
+            "fluxserve_lora_swap_seconds",
+            "Time to make a LoRA active on the GPU (a check and a load or hot-swap; ~0 when "
+            "it was already loaded).",
+            buckets=LORA_SWAP_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(StoreGauges(store, lease_seconds, models))
 
     def observe(self, job: EndedJob) -> None:
         self.ended.labels(job.model, job.status.value).inc()
+        for lora in job.loras:
+            if "disk" in lora:
+                self.lora_disk.labels(lora["disk"]).inc()
+            if "gpu" in lora:
+                self.lora_gpu.labels(lora["gpu"]).inc()
+            if "swap_seconds" in lora:
+                self.lora_swap.observe(lora["swap_seconds"])
         if job.started_at is None:  # ended before it ran: cancelled in the queue, refused
             return
         self.queue_time.labels(job.model).observe(max(0.0, job.started_at - job.created_at))
