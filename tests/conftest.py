@@ -196,6 +196,7 @@ def lora_dir(tmp_path_factory, tiny_model_dir, tiny_flux2_dir) -> Path:
               modules=("to_q", "to_out.0"))  # fmt: skip
     make_lora(tiny_flux2_dir, directory / "k.safetensors", seed=3,
               modules=("to_q", "to_k", "to_v", "to_out.0"))  # fmt: skip
+    make_lora(tiny_flux2_dir, directory / "k2.safetensors", seed=5, modules=("to_out.0",))
     make_lora(tiny_model_dir, directory / "big.safetensors", seed=4, rank=64)  # ~100 KB
     whole = (directory / "a.safetensors").read_bytes()
     (directory / "truncated.safetensors").write_bytes(whole[: len(whole) // 2])

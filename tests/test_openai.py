@@ -352,7 +352,7 @@ INVALID = [
     ("steps-60", {"steps": 60}, "steps", "less_than_equal"),
     ("steps-0", {"steps": 0}, "steps", "greater_than_equal"),
     ("steps-bool", {"steps": True}, "steps", "number_type"),
-    ("guidance-9", {"guidance": 9}, "guidance", "less_than_equal"),
+    ("guidance-11", {"guidance": 11}, "guidance", "less_than_equal"),
     ("guidance-1", {"guidance": 1}, "guidance", "greater_than_equal"),
     ("guidance-bool", {"guidance": False}, "guidance", "number_type"),
     ("seed-minus-1", {"seed": -1}, "seed", "greater_than_equal"),

@@ -56,7 +56,8 @@ PROXY_VARIABLES = (
 class TlsServer(LiveServer):
     """`fluxserve serve --tls-cert --tls-key` on 127.0.0.1, trusted through a test CA."""
 
-    def __init__(self, models: list[Path], data_dir: Path, tls_dir: Path) -> None:
+    def __init__(self, models: list[Path], data_dir: Path, tls_dir: Path,
+                 extra: tuple[str, ...] = ()) -> None:  # fmt: skip
         ca = trustme.CA()
         server_cert = ca.issue_cert("127.0.0.1", "localhost")
         self.ca_file = tls_dir / "ca.pem"
@@ -70,7 +71,7 @@ class TlsServer(LiveServer):
         args = ["--data-dir", str(data_dir)]
         for model in models:
             args += ["--model", str(model)]
-        args += ["--tls-cert", str(self.cert_file), "--tls-key", str(self.key_file)]
+        args += ["--tls-cert", str(self.cert_file), "--tls-key", str(self.key_file), *extra]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSERVE_")}
         verify = ssl.create_default_context(cafile=str(self.ca_file))
         super().__init__(args, tls_dir / "server.log", scheme="https", verify=verify, env=env)

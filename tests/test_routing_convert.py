@@ -56,7 +56,8 @@ def test_endpoint_kinds_cover_every_endpoint_of_every_dialect():
         "flux-dev", "flux-schnell", "flux-pro-1.1", "flux-pro", "fal-ai/flux/schnell",
         "fal-ai/flux/dev", "fal-ai/flux/dev/image-to-image", "fal-ai/flux-1/schnell",
         "fal-ai/flux-1/dev", "fal-ai/flux-pro/v1.1", "flux-pro-1.1-ultra",
-        "fal-ai/flux-pro/v1.1-ultra",
+        "fal-ai/flux-pro/v1.1-ultra", "flux-pro-1.1-ultra-finetuned", "fal-ai/flux-lora",
+        "fal-ai/flux-lora/image-to-image",
     }  # fmt: skip
     assert {k for k, v in ENDPOINT_KINDS.items() if v is ModelKind.KREA} == {
         "fal-ai/flux/krea", "fal-ai/flux/krea/image-to-image", "fal-ai/flux-1/krea",
@@ -69,6 +70,7 @@ def test_endpoint_kinds_cover_every_endpoint_of_every_dialect():
     }  # fmt: skip
     assert {k for k, v in ENDPOINT_KINDS.items() if v is ModelKind.FILL} == {
         "flux-pro-1.0-fill", "flux-pro-1.0-expand", "fal-ai/flux-pro/v1/fill",
+        "flux-pro-1.0-fill-finetuned",
     }  # fmt: skip
 
 
