@@ -397,3 +397,28 @@ def test_metrics_count_lora_cache_hits_downloads_and_swaps(client, server):
         time.sleep(0.2)
     for line in wanted:
         assert line in text, line
+
+
+def test_a_worker_prefers_jobs_whose_loras_are_loaded_but_starves_no_one(tmp_path):
+    import dataclasses
+    import time
+
+    from fluxserve.domain import Job
+    from fluxserve.store.opening import open_store
+
+    settings = Settings(model=["tiny"], data_dir=tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    store = open_store(settings)
+    plain = GenerationRequest(model="tiny", prompt="p", width=64, height=64, steps=2,
+                              guidance=None, seed=1)  # fmt: skip
+    styled = dataclasses.replace(plain, loras=(("hf:acme/style", 1.0),))
+    now = time.time()
+    for job_id, request, age in (("old", plain, 5.0), ("styled", styled, 1.0),
+                                 ("older", plain, 30.0)):  # fmt: skip
+        store.create(Job(id=job_id, request=request, created_at=now - age))
+    prefer = (styled.lora_set_key,)
+    # "older" has waited past the patience: it goes first whatever is loaded.
+    assert store.claim("w", ["tiny"], 30, prefer, patience=20).id == "older"
+    assert store.claim("w", ["tiny"], 30, prefer, patience=20).id == "styled"  # loaded
+    assert store.claim("w", ["tiny"], 30, prefer, patience=20).id == "old"
+    store.close()

@@ -120,10 +120,17 @@ class GenerationRequest:
         if self.input_sizes:  # absent before FLUX.2: older keys stay as they were
             parts.append(",".join(f"{w}x{h}" for w, h in self.input_sizes))
         if self.loras:  # only jobs with the same LoRAs and scales share a batch
-            # Hashed: sources may be long URLs, and the key column is bounded.
-            loras = ",".join(f"{s}@{w:g}" for s, w in self.loras)
-            parts.append("lora:" + hashlib.sha256(loras.encode()).hexdigest()[:16])
+            parts.append(self.lora_set_key)
         return "|".join(str(part) for part in parts)
+
+    @property
+    def lora_set_key(self) -> str:
+        """The LoRAs and scales as the batch key's last part ("" without LoRAs); hashed,
+        as sources may be long URLs and the key column is bounded."""
+        if not self.loras:
+            return ""
+        loras = ",".join(f"{s}@{w:g}" for s, w in self.loras)
+        return "lora:" + hashlib.sha256(loras.encode()).hexdigest()[:16]
 
     @property
     def blob_keys(self) -> list[str]:

@@ -11,6 +11,7 @@ A failing job is marked Error and the loop goes on; nothing a job does ends the 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import logging
@@ -44,6 +45,10 @@ CANCEL_CHECK_INTERVAL = 0.02  # seconds; bounds database reads for very fast ste
 IDLE_RECHECK = 5.0  # seconds; a safety net only: pickup is woken by the submit event
 OUTAGE_BACKOFF = (0.5, 10.0)  # seconds: first and longest wait while the database is down
 FINISH_RETRIES = 5  # tries at writing a finished job's outcome through a database blip
+# A job whose LoRAs are loaded is claimed before older ones, unless one of those has waited
+# this long: switching adapters is cheap, starving a job is not.
+LORA_PATIENCE = 10.0  # seconds
+LORA_SETS_KEPT = 4
 
 
 class WakeLike(Protocol):
@@ -133,6 +138,8 @@ class Worker:
         self.last_model_seconds = 0.0  # the runner's share of the last job, for the log
         self._registered = False  # in the workers table (while run() runs)
         self._current_job: str | None = None  # the job (a batch's first) in hand
+        # The LoRA sets of the last jobs run (their adapters are likely still loaded).
+        self._lora_sets: collections.deque[str] = collections.deque(maxlen=LORA_SETS_KEPT)
         # Its beat also refreshes this worker's row in the workers table (beat()).
         self.lease = LeaseKeeper(store, options.lease_seconds, on_beat=self.beat)
 
@@ -192,11 +199,17 @@ class Worker:
         """Claim a job, and the queued jobs that can share its batch, and process them;
         False when the queue had nothing for this worker."""
         job = self.store.claim(
-            self.options.worker_id, self.runner.model_names, self.options.lease_seconds
-        )
+            self.options.worker_id, self.runner.model_names, self.options.lease_seconds,
+            tuple(self._lora_sets), LORA_PATIENCE,
+        )  # fmt: skip
         if job is None:
             return False
         self.process(self._gather_batch(job))
+        if job.request.loras:  # its LoRAs are loaded now: prefer jobs that use them
+            key = job.request.lora_set_key
+            if key in self._lora_sets:
+                self._lora_sets.remove(key)
+            self._lora_sets.append(key)
         return True
 
     def _gather_batch(self, first: Job) -> list[Job]:

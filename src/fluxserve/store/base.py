@@ -10,7 +10,7 @@ old worker's late writes match no row.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -104,8 +104,11 @@ class JobTable(Protocol):
 class WorkQueue(Protocol):
     """The queue as the workers see it: claims, leases fenced by attempt, ends, the sweep."""
 
-    def claim(self, worker_id: str, models: list[str], lease_seconds: float) -> Job | None:
-        """Take the oldest queued job of one of ``models``; the job becomes running."""
+    def claim(self, worker_id: str, models: list[str], lease_seconds: float,
+              prefer: Sequence[str] = (), patience: float = 0.0) -> Job | None:  # fmt: skip
+        """Take the oldest queued job of one of ``models``; the job becomes running. With
+        ``prefer`` (LoRA set keys), a job whose LoRAs are among them comes first, unless an
+        older job has waited ``patience`` seconds."""
         ...
 
     def claim_batch(

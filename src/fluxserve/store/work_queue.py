@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,11 +24,19 @@ def _states(target: JobStatus) -> list[str]:
 class SqlWorkQueue(SqlStoreBase):
     """Claims and leases: every write a worker makes is fenced by the job's attempt."""
 
-    def _claim_candidate(self, models: list[str]) -> sa.ScalarSelect:
+    def _claim_candidate(self, models: list[str], prefer: Sequence[str] = (),
+                         patience: float = 0.0) -> sa.ScalarSelect:  # fmt: skip
+        order: list[Any] = [jobs.c.seq]
+        if prefer:
+            # Jobs whose LoRAs this worker has loaded first (their set ends the batch key),
+            # but never past a job that has waited ``patience``: no one starves.
+            waited = jobs.c.created_at < time.time() - patience
+            loaded = sa.or_(*(jobs.c.batch_key.endswith("|" + key) for key in prefer))
+            order.insert(0, sa.case((waited, 0), (loaded, 1), else_=2))
         candidate = (
             sa.select(jobs.c.seq)
             .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.model.in_(models))
-            .order_by(jobs.c.seq)
+            .order_by(*order)
             .limit(1)
         )
         if self.shared:
@@ -48,10 +57,11 @@ class SqlWorkQueue(SqlStoreBase):
             "batch_size": 1,  # a batch's worker writes its size once it is gathered
         }
 
-    def claim(self, worker_id: str, models: list[str], lease_seconds: float) -> Job | None:
+    def claim(self, worker_id: str, models: list[str], lease_seconds: float,
+              prefer: Sequence[str] = (), patience: float = 0.0) -> Job | None:  # fmt: skip
         stmt = (
             jobs.update()
-            .where(jobs.c.seq == self._claim_candidate(models))
+            .where(jobs.c.seq == self._claim_candidate(models, prefer, patience))
             .where(jobs.c.status.in_(_states(JobStatus.RUNNING)))
             .values(**self._claimed(worker_id, lease_seconds))
             .returning(*jobs.c)
