@@ -282,3 +282,21 @@ def test_bench_random_weights_builds_flux2(tmp_path, monkeypatch):
         rows = json.loads(out.read_text())["results"]
         assert [(r["engine"], r["tier"]) for r in rows] == [("diffusers", None),
                                                             ("fluxserve", "lossless")]  # fmt: skip
+
+
+def test_bench_times_lora_switches_by_load_and_by_hot_swap(tmp_path, capsys, tiny_model_dir):
+    from tests.loras import make_lora
+
+    loras = [make_lora(tiny_model_dir, tmp_path / f"{n}.safetensors", seed=n) for n in (1, 2)]
+    out = tmp_path / "bench.json"
+    code = main([
+        "bench", "--model", str(tiny_model_dir), "--device", "cpu", "--runs", "2",
+        "--warmup", "0", "--batch", "1", "--tiers", "lossless", "--size", "64x64",
+        "--steps", "1", "--json", str(out), "--lora", str(loras[0]), "--lora", str(loras[1]),
+    ])  # fmt: skip
+    assert code == 0
+    switch = json.loads(out.read_text())["config"]["lora_switch"]
+    assert switch["hotswap_took"] == ["hotswap"]  # same layers: swapped in place
+    assert switch["load_unload_ms_p50"] > 0
+    assert switch["hotswap_ms_p50"] > 0
+    assert "LoRA switch" in capsys.readouterr().out

@@ -98,6 +98,14 @@ def add_bench_parser(commands: Any) -> None:
         help="Let the engine cache prompt embeddings "
         "(default off: both sides run the text encoders on every call).",
     )
+    arg(
+        "--lora",
+        type=Path,
+        action="append",
+        default=[],
+        help="A .safetensors LoRA for the model (repeat, two or more): also time switching "
+        "between them by load/unload and by hot-swap.",
+    )
     arg("--prompt", default=options.DEFAULT_PROMPT)
     arg("--seed", type=int, default=0, help="Batch b uses seeds SEED .. SEED+b-1.")
     arg("--guidance", type=float, help="Default: the model's.")
@@ -128,6 +136,14 @@ def bench(args: argparse.Namespace) -> int:
     print()
     for name, plan in setup.config["plans"].items():
         print(f"{name}: {plan}")
+    if args.lora:
+        from fluxserve.runtime.bench.engines import load_baseline
+        from fluxserve.runtime.bench.loras import describe_switch, measure_switch
+
+        pipeline = load_baseline(setup.work, setup.device, setup.dtype)
+        switch = measure_switch(pipeline, args.lora, args.runs, setup.work.model.name)
+        setup.config["lora_switch"] = switch
+        print(describe_switch(switch))
     if args.json:
         engine.write_report(args.json, setup.hw, setup.vers, setup.config, results)
         print(f"wrote {args.json}")
