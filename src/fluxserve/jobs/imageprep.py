@@ -7,11 +7,13 @@ megapixel upload is not stored or sent to a worker at full size.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from fluxserve.domain import Task
+from fluxserve.domain import GenerationRequest, Task
 from fluxserve.errors import InvalidRequest
 from fluxserve.images import ops as imageops
 from fluxserve.images.sizing import GRID, fit_size, parse_aspect_ratio, size_for_aspect
@@ -110,6 +112,22 @@ def prepare_image_prompt(spec: ModelSpec, image: Image.Image, width: int, height
         return ImagePrompt(prepared, Task.EDIT, None, (note,))
     check_strength(strength, steps, strength_field)
     return ImagePrompt(prepare_image_to_image(image, width, height), Task.IMAGE_TO_IMAGE, strength)
+
+
+def apply_image_prompt(
+    request: GenerationRequest, spec: ModelSpec, open_image: Callable[[], Image.Image],
+    strength: float, field_name: str = "image_prompt", strength_field: str = "strength",
+) -> tuple[GenerationRequest, Prepared]:  # fmt: skip
+    """``request`` started from the image ``open_image`` fetches and decodes (called only
+    once the strength is known to leave a step to run): every dialect's image prompt."""
+    if not spec.is_flux2:
+        check_strength(strength, request.steps, strength_field)
+    start = prepare_image_prompt(spec, open_image(), request.width, request.height, strength,
+                                 request.steps, field_name, strength_field)  # fmt: skip
+    request = dataclasses.replace(
+        request, task=start.task, strength=start.strength, notes=request.notes + start.notes
+    )
+    return request, start.prepared
 
 
 def prepare_edit(spec: ModelSpec, references: list[Image.Image], width: int, height: int,

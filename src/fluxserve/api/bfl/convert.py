@@ -127,17 +127,10 @@ def _image_prompt(
     request: GenerationRequest, spec: ModelSpec, reader: ImageReader, value: str,
     strength: float, strength_field: str,
 ) -> tuple[GenerationRequest, Prepared]:  # fmt: skip
-    if not spec.is_flux2:  # check before fetching: a refused strength costs no download
-        imageprep.check_strength(strength, request.steps, strength_field)
-    image = reader.open(value, "image_prompt")
-    start = imageprep.prepare_image_prompt(
-        spec, image, request.width, request.height, strength, request.steps,
+    return imageprep.apply_image_prompt(
+        request, spec, lambda: reader.open(value, "image_prompt"), strength,
         strength_field=strength_field,
     )  # fmt: skip
-    request = dataclasses.replace(
-        request, task=start.task, strength=start.strength, notes=request.notes + start.notes
-    )
-    return request, start.prepared
 
 
 def ultra_request(

@@ -234,17 +234,11 @@ def ultra_request(
     )
     if inputs.image_url is None:
         return request, None
-    strength = 1.0 - inputs.image_prompt_strength
-    if not spec.is_flux2:
-        imageprep.check_strength(strength, steps, "image_prompt_strength")
-    start = imageprep.prepare_image_prompt(
-        spec, reader.open(inputs.image_url, "image_url"), width, height, strength, steps,
+    url = inputs.image_url
+    return imageprep.apply_image_prompt(
+        request, spec, lambda: reader.open(url, "image_url"), 1.0 - inputs.image_prompt_strength,
         "image_url", "image_prompt_strength",
     )  # fmt: skip
-    request = dataclasses.replace(
-        request, task=start.task, strength=start.strength, notes=request.notes + start.notes
-    )
-    return request, start.prepared
 
 
 def build_request(
