@@ -371,7 +371,7 @@ def test_fluxserve_loras_command(tmp_path):
 
 def test_get_result_says_where_each_lora_came_from(client, server):
     body = {"prompt": PROMPT, "width": 256, "height": 256, "steps": 2,
-            "loras": [{"path": server.url("b.safetensors"), "scale": 0.4}]}  # fmt: skip
+            "loras": [{"path": server.url("b.safetensors") + "?fresh", "scale": 0.4}]}  # fmt: skip
     first = poll_result(client, client.post("/v1/tiny", json=body).json()["id"], timeout=120)
     again = poll_result(client, client.post("/v1/tiny", json=body).json()["id"], timeout=120)
     (lora,) = first["details"]["loras"]
