@@ -93,6 +93,7 @@ class LoraFiles:
         self.timeout = timeout
         self.counters = LoraCounters()
         self._verified: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime) checked
+        self._local_digests: dict[Path, tuple[tuple[int, int], str]] = {}  # --lora-dir
         self._lock = threading.Lock()
 
     def fetch(self, source: str) -> LocalLora:
@@ -103,7 +104,7 @@ class LoraFiles:
                 raise LoraError("lora_unavailable", f"LoRA {path} is not in --lora-dir any more")
             self._check_size(path, describe(source))
             check_safetensors(path, describe(source))
-            return LocalLora(path, self._digest_of(path), source)
+            return LocalLora(path, self._file_digest(path), source)
         self.directory.mkdir(parents=True, exist_ok=True)
         key = hashlib.sha256(source.encode()).hexdigest()[:32]
         path, meta = self.directory / f"{key}.safetensors", self.directory / f"{key}.json"
@@ -140,8 +141,15 @@ class LoraFiles:
         os.utime(path)  # the LRU's clock
         return LocalLora(path, expected, source)
 
-    def _digest_of(self, path: Path) -> str:
-        return file_digest(path)
+    def _file_digest(self, path: Path) -> str:
+        """A --lora-dir file's digest, hashed again only when the file changes."""
+        stat = path.stat()
+        seen = (stat.st_size, stat.st_mtime_ns)
+        known = self._local_digests.get(path)
+        if known is None or known[0] != seen:
+            known = (seen, file_digest(path))
+            self._local_digests[path] = known
+        return known[1]
 
     def _remember(self, path: Path) -> None:
         stat = path.stat()

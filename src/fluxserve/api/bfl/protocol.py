@@ -20,6 +20,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from fluxserve.api.validators import LoraList, NotBool, multiple_of, valid_text
 from fluxserve.domain import MAX_SEED
+from fluxserve.jobs.imageprep import reference_names
 from fluxserve.jobs.webhooks import secret_problem, url_problem
 
 DIMENSION_STEP = 32
@@ -63,6 +64,11 @@ def _webhook_secret(value: str) -> str:
 
 
 WebhookSecret = Annotated[str, AfterValidator(_webhook_secret)]
+
+
+def given(inputs: BaseModel, names: list[str]) -> list[tuple[str, str]]:
+    """(field name, value) of each of ``names`` the body set, in order."""
+    return [(name, getattr(inputs, name)) for name in names if getattr(inputs, name)]
 
 
 class _CommonInputs(BaseModel):
@@ -164,8 +170,7 @@ class FluxKontextProInputs(_CommonInputs):
 
     def references(self) -> list[tuple[str, str]]:
         """(field name, value) of each reference image given, in order."""
-        names = ["input_image", "image", "input_image_2", "input_image_3", "input_image_4"]
-        return [(name, getattr(self, name)) for name in names if getattr(self, name)]
+        return given(self, ["input_image", "image", *reference_names("input_image", 4)[1:]])
 
 
 class FluxProFillInputs(_CommonInputs):
@@ -305,8 +310,7 @@ class _Flux2Common(_CommonInputs):
 
     def references(self) -> list[tuple[str, str]]:
         """(field name, value) of each reference image given, in order."""
-        names = ["input_image", *(f"input_image_{i}" for i in range(2, self.max_references + 1))]
-        return [(name, getattr(self, name)) for name in names if getattr(self, name)]
+        return given(self, reference_names("input_image", self.max_references))
 
 
 class Flux2Inputs(_Flux2Common):
@@ -373,8 +377,7 @@ class ByNameInputs(FluxDevInputs):
 
     def references(self) -> list[tuple[str, str]]:
         """(field name, value) of each reference image given, in order."""
-        names = ["input_image", *(f"input_image_{i}" for i in range(2, 9))]
-        return [(name, getattr(self, name)) for name in names if getattr(self, name)]
+        return given(self, reference_names("input_image", FLUX2_MAX_REFERENCES))
 
 
 class AsyncResponse(BaseModel):
