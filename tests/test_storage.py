@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -35,6 +36,38 @@ def test_rejects_unsafe_keys(tmp_path, key):
     storage = LocalStorage(tmp_path / "blobs", tmp_path / "secret")
     with pytest.raises(StorageError):
         storage.put(key, b"x", "image/png")
+
+
+def test_put_is_durable_before_it_returns(tmp_path, monkeypatch):
+    """The blob's bytes, its directory entry and its new job folder's entry are all synced
+    to disk before put() returns (the worker marks the job Ready only after that)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    root = tmp_path / "blobs"
+    storage = LocalStorage(root, tmp_path / "secret")
+    storage.put("results/j/0.png", b"data", "image/png")
+    file_sync = next(i for i, p in enumerate(synced) if "/results/j/.tmp-" in p)
+    assert synced.index(str(root / "results" / "j")) > file_sync  # the rename, after the data
+    assert str(root / "results") in synced  # the new job folder's entry
+    assert str(root) in synced  # the new results folder's entry
+    assert sorted(p.name for p in (root / "results" / "j").iterdir()) == ["0.png"]
+
+
+def test_failed_put_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def failing_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    storage = LocalStorage(tmp_path / "blobs", tmp_path / "secret")
+    with pytest.raises(StorageError, match="No space left"):
+        storage.put("results/j/0.png", b"data", "image/png")
+    assert list((tmp_path / "blobs" / "results" / "j").iterdir()) == []
 
 
 def test_put_get(tmp_path):

@@ -108,6 +108,11 @@ class Services:
         self.check_auth()
         if not self.store.shared:
             self._lock = self._lock or lock_data_dir(self.settings)
+            from fluxserve.engine.worker_locks import stop_stale_workers
+
+            # A worker of the last server that outlived it may still run a job: it goes
+            # first, so the job below runs once, and the GPU is free for our workers.
+            stop_stale_workers(self.settings.data_dir)
             # Only this server uses this SQLite file (the lock above), so every job still
             # marked running lost its worker when the last server stopped. (A shared
             # store's running jobs may belong to live workers elsewhere: their leases say.)
@@ -172,9 +177,21 @@ class Services:
                 "`fluxserve keys create --name NAME`, or pass --auth off."
             )
 
-    def stop(self) -> None:
+    def begin_shutdown(self) -> None:
+        """SIGTERM: take no new jobs (503 with Retry-After), and start stopping the workers
+        within --shutdown-grace (engine/pool.py). Returns at once: a signal handler calls it."""
+        if self.jobs.draining:
+            return
+        self.jobs.draining = True
+        logger.info("shutting down: no new jobs; the jobs in hand have %.0f s to finish",
+                    self.settings.shutdown_grace)  # fmt: skip
         if self.workers is not None:
-            self.workers.stop()
+            self.workers.begin_stop(self.settings.shutdown_grace)
+
+    def stop(self) -> None:
+        self.begin_shutdown()
+        if self.workers is not None:
+            self.workers.stop(self.settings.shutdown_grace)
         # Deliveries still pending are in the job table: the next start makes them.
         if self.webhooks is not None:
             self.webhooks.stop()

@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         None, description="PEM certificate (chain) to serve HTTPS with; needs --tls-key."
     )
     tls_key: Path | None = Field(None, description="PEM private key of --tls-cert.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names clients may reach this server by (the Host header; *.example.com "
+        "for subdomains); another Host gets 400. Needed off a loopback --host unless "
+        "--public-url is set.",
+    )
     public_url: str | None = Field(
         None,
         description="Base URL clients reach this server at (behind a proxy); by default "
@@ -106,6 +112,19 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(
         2, ge=1, description="Times a job may be started before a worker crash marks it Error."
+    )
+    shutdown_grace: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds a SIGTERM gives the job in hand to finish; past that it stops at "
+        "its next step and goes back to the queue (not counted as an attempt), and the "
+        "process exits. Set the orchestrator's grace period a few seconds above it.",
+    )
+    unserved_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds a queued job waits for a model no live worker serves before it "
+        "ends Error (model_unavailable).",
     )
     worker_mode: Literal["process", "thread"] = Field(
         "process",
@@ -302,7 +321,9 @@ class Settings(BaseSettings):
         "retried (1 s, 5 s, 30 s, 2 min, then every 10 min); after it the delivery fails.",
     )
 
-    _split_model = field_validator("model", "alias", "tier", "warmup", mode="before")(_split_list)
+    _split_model = field_validator(
+        "model", "alias", "tier", "warmup", "allowed_hosts", mode="before"
+    )(_split_list)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

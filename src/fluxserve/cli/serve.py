@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
+from types import FrameType
 
+import uvicorn
+
+from fluxserve.bootstrap import Services, build_services, lock_data_dir
 from fluxserve.config import Settings
 from fluxserve.logs import configure_logging
 
@@ -11,10 +16,7 @@ logger = logging.getLogger("fluxserve")
 
 
 def serve(settings: Settings) -> int:
-    import uvicorn
-
     from fluxserve.api.app import create_app
-    from fluxserve.bootstrap import build_services, lock_data_dir
 
     configure_logging(settings.log_level, settings.log_format)
     # fail before any download if another server runs here; only the embedded SQLite
@@ -32,7 +34,7 @@ def serve(settings: Settings) -> int:
             logger.info("  /v1/%s -> %s", endpoint, model_name or "(not served)")
         log_safety(services)
         app = create_app(settings, services)
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
@@ -41,11 +43,27 @@ def serve(settings: Settings) -> int:
             log_config=uvicorn.config.LOGGING_CONFIG if settings.log_format == "text" else None,
             ssl_certfile=settings.tls_cert,
             ssl_keyfile=settings.tls_key,
+            # Requests still open (a synchronous call waiting for its job) get the grace too.
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
         )
+        DrainingServer(config, services).run()
     finally:
         if lock is not None:
             lock.close()
     return 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, which on SIGTERM or Ctrl-C first stops taking jobs and starts
+    stopping the workers, so they have the same grace as the open connections."""
+
+    def __init__(self, config: uvicorn.Config, services: Services) -> None:
+        super().__init__(config)
+        self.services = services
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.services.begin_shutdown()
+        super().handle_exit(sig, frame)
 
 
 def log_safety(services) -> None:

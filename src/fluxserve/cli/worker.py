@@ -2,7 +2,8 @@
 
 It connects to the shared PostgreSQL job store and the object storage, loads its models,
 claims jobs (woken by LISTEN/NOTIFY), heartbeats, and on SIGTERM or Ctrl-C finishes the
-job in hand and exits. It also sweeps expired leases, as every cluster member does.
+job in hand within --shutdown-grace (else puts it back in the queue) and exits. It also
+sweeps expired leases, as every cluster member does.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ def worker(settings: Settings) -> int:
     stopping = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:
-        logger.info("%s: finishing the job in hand, then stopping",
-                    signal.Signals(signum).name)  # fmt: skip
+        logger.info("%s: finishing the job in hand (at most %.0f s), then stopping",
+                    signal.Signals(signum).name, settings.shutdown_grace)  # fmt: skip
+        pool.begin_stop(settings.shutdown_grace)  # the grace counts from the signal
         stopping.set()
 
     signal.signal(signal.SIGTERM, request_stop)
@@ -59,6 +61,6 @@ def worker(settings: Settings) -> int:
     try:
         stopping.wait()
     finally:
-        pool.stop()
+        pool.stop(settings.shutdown_grace)
         store.close()
     return 0

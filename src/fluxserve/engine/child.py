@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from fluxserve.config import Settings
@@ -15,6 +16,7 @@ from fluxserve.engine.batcher import BatchPolicy
 from fluxserve.engine.moderation import Moderation
 from fluxserve.engine.signals import Flag, Wakeup
 from fluxserve.engine.worker import Worker, WorkerOptions
+from fluxserve.engine.worker_locks import hold_worker_lock
 from fluxserve.lora.files import LoraFiles
 from fluxserve.prompting.upsample import UpsamplingFailed, build_upsampler
 from fluxserve.runtime.provenance import c2pa_signer
@@ -28,8 +30,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ORPHAN_CHECK_INTERVAL = 1.0  # seconds
-
 
 def run_worker(
     settings: Settings,
@@ -39,8 +39,10 @@ def run_worker(
     wake: Wakeup,
     stop: Flag,
     ready: Flag,
+    abort: Flag | None = None,
 ) -> None:
-    """Load ``models`` and process their jobs until ``stop`` is set."""
+    """Load ``models`` and process their jobs until ``stop`` is set; ``abort`` stops the
+    job in hand at its next step and puts it back in the queue."""
     from fluxserve.runtime.device import pick_device
     from fluxserve.runtime.diffusers_runner import FluxRunner  # torch stays out of the API
     from fluxserve.storage.opening import open_storage
@@ -95,7 +97,9 @@ def run_worker(
         batch=BatchPolicy(batch_size(settings, runner), settings.max_batch_wait_ms / 1000),
     )
     try:
-        Worker(store, storage, runner, options, wake, stop, moderation, lora_files(settings)).run()
+        Worker(
+            store, storage, runner, options, wake, stop, moderation, lora_files(settings), abort
+        ).run()
     finally:
         store.close()
 
@@ -133,15 +137,18 @@ def warm_up(runner: FluxRunner, warmup: list[str]) -> None:
         runner.warm_up()
 
 
-def _stop_when_orphaned(parent_pid: int, stop: Flag, wake: Wakeup) -> None:
-    """A worker whose server died (kill -9) finishes its job and exits, rather than
-    competing with the workers of the next server for the GPU."""
-    while not stop.is_set():
-        time.sleep(ORPHAN_CHECK_INTERVAL)
-        if os.getppid() != parent_pid:
-            logger.warning("the server process is gone; this worker stops")
-            stop.set()
-            wake.set()
+def _exit_with_parent() -> None:
+    """Exit at once when the server process ends, however it ends (kill -9 included): a
+    worker left running would hold the GPU, and run its job beside the next server's
+    worker. The job in hand is not lost: its lease lapses and the next server runs it."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    # The parent holds the write end of this pipe; it closes when the parent dies.
+    multiprocessing.connection.wait([parent.sentinel])
+    logger.warning("the server process is gone; this worker exits now")
+    logging.shutdown()
+    os._exit(1)
 
 
 def process_main(
@@ -152,17 +159,29 @@ def process_main(
     wake: Wakeup,
     stop: Flag,
     ready: Flag,
+    abort: Flag,
 ) -> None:
     """Entry point of a spawned worker process."""
     from fluxserve.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     # Ctrl-C reaches the whole process group; the server stops its workers itself, after
-    # they finish the job in hand, so the worker ignores SIGINT and obeys SIGTERM.
+    # they finish the job in hand, so the worker ignores SIGINT. A SIGTERM stops it after
+    # the job in hand; a second one stops that job at its next step.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: (stop.set(), wake.set()))
+    signal.signal(signal.SIGTERM, lambda *_: _stop_or_abort(stop, abort, wake))
     worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    threading.Thread(
-        target=_stop_when_orphaned, args=(os.getppid(), stop, wake), daemon=True
-    ).start()
-    run_worker(settings, models, safety, worker_id, wake, stop, ready)
+    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
+    # The embedded store's data dir has one server: a lock tells its next server whether
+    # this worker still runs (engine/worker_locks.py).
+    lock = None if settings.database else hold_worker_lock(settings.data_dir)
+    try:
+        run_worker(settings, models, safety, worker_id, wake, stop, ready, abort)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _stop_or_abort(stop: Flag, abort: Flag, wake: Wakeup) -> None:
+    (abort if stop.is_set() else stop).set()
+    wake.set()

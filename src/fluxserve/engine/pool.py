@@ -33,6 +33,14 @@ logger = logging.getLogger(__name__)
 WATCH_INTERVAL = 0.5  # seconds between liveness checks and lease sweeps
 MAX_START_FAILURES = 3  # a worker that dies this often before it is ready is given up on
 HOUSEKEEPING_INTERVAL = 60.0  # seconds between runs of the housekeeping task (job purge)
+ABORT_MARGIN = 5.0  # seconds of a shutdown's grace kept for stopping a job at its next step
+
+
+def abort_point(grace: float) -> float:
+    """Seconds into a shutdown's grace at which a job still running is stopped: late enough
+    to let most jobs finish, early enough that a step (seconds on a big model) and the
+    release fit in what is left."""
+    return max(grace - ABORT_MARGIN, grace / 2)
 
 
 @dataclass
@@ -40,6 +48,7 @@ class WorkerSlot:
     models: list[ResolvedModel]
     wake: Wakeup = field(default_factory=Wakeup)
     stop: Flag = field(default_factory=Flag)
+    abort: Flag = field(default_factory=Flag)  # stop the job in hand at its next step
     ready: Flag = field(default_factory=Flag)
     handle: Any = None
     worker_id: str = ""
@@ -72,6 +81,8 @@ class WorkerPool:
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
         self._thread_count = 0
+        self._stop_lock = threading.Lock()
+        self._stopper: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -79,13 +90,30 @@ class WorkerPool:
             self._start(slot)
         self._watcher.start()
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Ask every worker to stop after its current job, and wait for them.
+    def begin_stop(self, grace: float | None = None) -> None:
+        """Start stopping, without waiting (a signal handler calls it): no worker claims
+        another job, the jobs in hand have ``grace`` seconds in all (see ``stop``)."""
+        with self._stop_lock:
+            if self._stopper is None:
+                self._stopper = threading.Thread(
+                    target=self._stop, args=(grace,), name="worker-pool-stop", daemon=True
+                )
+                self._stopper.start()
 
-        By default the wait is unbounded: a job in hand is finished however long it takes,
-        and the process manager's kill (after its grace period) is the only limit. With a
-        ``timeout``, a worker still busy then is terminated and its job runs again later.
+    def stop(self, grace: float | None = None) -> None:
+        """Stop every worker and wait for it (or for the stop ``begin_stop`` started).
+
+        Without a grace the wait is unbounded: a job in hand is finished however long it
+        takes. With one, a job still running near its end (``abort_point``) is stopped at
+        its next step and put back in the queue, not counted as an attempt; a worker still
+        alive when the grace is over is killed, and its job runs again later.
         """
+        self.begin_stop(grace)
+        assert self._stopper is not None
+        self._stopper.join()
+
+    def _stop(self, grace: float | None) -> None:
+        started = time.monotonic()
         self._stopping.set()
         # The watcher first, so it cannot restart a worker that is exiting on request.
         if self._watcher.is_alive():
@@ -93,18 +121,31 @@ class WorkerPool:
         for slot in self.slots:
             slot.stop.set()
             slot.wake.set()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for slot in self.slots:
-            if slot.handle is None:
-                continue
-            slot.handle.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if self.mode == "process" and slot.handle.is_alive():
-                logger.warning("worker %s did not stop in time; terminating it", slot.worker_id)
-                slot.handle.terminate()  # SIGTERM: stop after the job in hand
+        if grace is None:
+            self._join_all(None)
+            return
+        self._join_all(started + abort_point(grace))
+        for slot in self._alive():
+            logger.warning("worker %s: the shutdown grace is running out; stopping its job "
+                           "at the next step", slot.worker_id)  # fmt: skip
+            slot.abort.set()
+            slot.wake.set()
+        self._join_all(started + grace)
+        for slot in self._alive():
+            if self.mode == "process":
+                logger.warning("worker %s did not stop within the grace; killing it",
+                               slot.worker_id)  # fmt: skip
+                slot.handle.kill()  # its job's lease lapses: it runs again
                 slot.handle.join(5)
-                if slot.handle.is_alive():
-                    slot.handle.kill()
-                    slot.handle.join(5)
+            else:  # a thread cannot be killed; the process exit ends it
+                logger.warning("worker %s did not stop within the grace", slot.worker_id)
+
+    def _alive(self) -> list[WorkerSlot]:
+        return [s for s in self.slots if s.handle is not None and s.handle.is_alive()]
+
+    def _join_all(self, deadline: float | None) -> None:
+        for slot in self._alive():
+            slot.handle.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def notify(self) -> None:
         """Wake idle workers: a job was queued."""
@@ -136,11 +177,12 @@ class WorkerPool:
         # Fresh signals for each worker, shared memory in process mode.
         ctx = self._ctx if self.mode == "process" else None
         slot.wake, slot.stop, slot.ready = Wakeup(ctx), Flag(ctx), Flag(ctx)
+        slot.abort = Flag(ctx)
         args = (self.settings, slot.models, self.safety)
         if self.mode == "process":
             proc = self._ctx.Process(
                 target=process_main,
-                args=(*args, "", slot.wake, slot.stop, slot.ready),
+                args=(*args, "", slot.wake, slot.stop, slot.ready, slot.abort),
                 name="fluxserve-worker",
                 daemon=False,
             )
@@ -171,6 +213,7 @@ class WorkerPool:
                 slot.wake,
                 slot.stop,
                 slot.ready,
+                slot.abort,
             )
         except Exception as exc:
             logger.exception("worker %s crashed", slot.worker_id)

@@ -126,8 +126,12 @@ class Worker:
         stop: FlagLike,
         moderation: Moderation | None = None,
         loras: LoraFiles | None = None,
+        abort: FlagLike | None = None,
     ) -> None:
         self.store = store
+        # Set when a shutdown's grace runs out: the job in hand stops at its next step and
+        # goes back to the queue for another worker (or the next server).
+        self.abort = abort
         self.loras = loras  # this host's LoRA disk cache; None: jobs with LoRAs fail
         self.storage = storage
         self.runner = runner
@@ -284,7 +288,11 @@ class Worker:
         lost), back in the queue when storage failed, else failed."""
         if isinstance(exc, GenerationCancelled):  # every job still running asked for it
             for job in live:
-                if job.id in self.lease.lost_ids:
+                if self._aborting() and not self._cancel_asked(job.id):
+                    # Stopped by a shutdown, not by the job: not one of its attempts.
+                    if self._finish(self.store.release, job.id, job.attempt, False):
+                        logger.info("job %s stopped by the shutdown; back in the queue", job.id)
+                elif job.id in self.lease.lost_ids:
                     logger.info("job %s stopped: its lease was lost", job.id)
                 elif self._finish(self.store.cancel_running, job.id, job.attempt):
                     logger.info("job %s cancelled while running", job.id)
@@ -401,7 +409,7 @@ class Worker:
                     with contextlib.suppress(DatabaseError):  # asked again at the next step
                         if job.id not in cancelled and self.store.is_cancel_requested(job.id):
                             cancelled.add(job.id)
-            return {job.id for job in jobs} <= cancelled | self.lease.lost_ids
+            return self._aborting() or {job.id for job in jobs} <= cancelled | self.lease.lost_ids
 
         started = time.perf_counter()
         images = run_batch(self.runner, batch, on_step, should_stop)
@@ -420,6 +428,9 @@ class Worker:
             keys = self._store_images(job, work.request, kept, work.report)
             outcomes.append(Outcome(keys, work.report))
         return outcomes
+
+    def _aborting(self) -> bool:
+        return self.abort is not None and self.abort.is_set()
 
     def _cancel_asked(self, job_id: str) -> bool:
         """Whether the job's cancel was asked for; no, while the database is unreachable

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from fluxserve.domain import GenerationRequest, Job, JobStatus, Webhook
-from fluxserve.errors import InvalidRequest, JobNotFound
+from fluxserve.errors import InvalidRequest, JobNotFound, ServerBusy
 from fluxserve.jobs.access import Admission
 from fluxserve.jobs.pricing import PriceTable
 from fluxserve.safety.policy import SafetyPolicy
@@ -31,6 +31,7 @@ T = TypeVar("T")
 
 WAIT_POLL_MIN = 0.005  # seconds between store reads while a caller waits for a job
 WAIT_POLL_MAX = 0.05
+DRAINING_RETRY_AFTER = 5  # seconds: a restart, or a load balancer's next replica
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class JobService:
         self.admission = admission
         self.max_images = max_images  # per request, every dialect (--max-images-per-request)
         self.prices = prices or PriceTable()  # what a job costs, charged to a key's budget
+        self.draining = False  # set by a shutdown: new jobs belong to another server
 
     def submit(
         self,
@@ -88,6 +90,12 @@ class JobService:
         prompt the safety policy refuses makes a job that has already ended,
         request_moderated, and queues nothing.
         """
+        if self.draining:
+            raise ServerBusy(
+                "This server is shutting down and takes no new jobs; submit again in a few "
+                "seconds (to another replica, or to this server once it is back).",
+                DRAINING_RETRY_AFTER,
+            )
         if request.num_images > self.max_images:
             raise InvalidRequest(
                 "num_images",

@@ -146,8 +146,9 @@ class WorkQueue(Protocol):
         """Mark failed; ``attempt`` None fails a queued job that no worker holds."""
         ...
 
-    def release(self, job_id: str, attempt: int) -> bool:
-        """Running -> queued, fenced by attempt: the worker could not finish the job."""
+    def release(self, job_id: str, attempt: int, count_attempt: bool = True) -> bool:
+        """Running -> queued, fenced by attempt: the worker could not finish the job (with
+        ``count_attempt=False``, a shutdown stopped it: the attempt is given back)."""
         ...
 
     def is_cancel_requested(self, job_id: str) -> bool: ...

@@ -154,9 +154,12 @@ class SqlWorkQueue(SqlStoreBase):
             lease_expires_at=None,
         )
 
-    def release(self, job_id: str, attempt: int) -> bool:
+    def release(self, job_id: str, attempt: int, count_attempt: bool = True) -> bool:
         """Put a running job back in the queue (its worker could not finish it, e.g. storage
-        was unreachable); the next claim is a new attempt."""
+        was unreachable); the next claim is a new attempt. ``count_attempt=False`` (a
+        shutdown stopped it) hands the attempt back: the next claim has the same number,
+        so the job keeps every try ``max_attempts`` gives it. The releasing worker writes
+        nothing after this, so the repeated number fences nothing it could still write."""
         with self.engine.begin() as conn:
             released = (
                 conn.execute(
@@ -169,6 +172,7 @@ class SqlWorkQueue(SqlStoreBase):
                         worker_id=None,
                         lease_expires_at=None,
                         progress=0.0,
+                        attempt=attempt if count_attempt else attempt - 1,
                     )
                 ).rowcount
                 == 1
