@@ -34,7 +34,10 @@ RUN useradd --create-home --uid 10001 fluxserve \
 USER fluxserve
 ENV HF_HOME=/models \
     FLUXSERVE_DATA_DIR=/data \
-    FLUXSERVE_HOST=0.0.0.0
+    FLUXSERVE_HOST=0.0.0.0 \
+    FLUXSERVE_ALLOWED_HOSTS=localhost,127.0.0.1
+# Reached by another name? Add it: -e FLUXSERVE_ALLOWED_HOSTS=localhost,gpu1.example.com
+# (or set FLUXSERVE_PUBLIC_URL). Other Host headers get 400; /healthz answers any.
 VOLUME ["/models", "/data"]
 EXPOSE 8000
 WORKDIR /home/fluxserve

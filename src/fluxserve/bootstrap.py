@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -22,6 +23,7 @@ from fluxserve.jobs.access import Admission, KeyRing
 from fluxserve.jobs.loras import LoraRequests
 from fluxserve.jobs.pricing import PriceTable
 from fluxserve.jobs.routing import ModelRouter
+from fluxserve.jobs.served import ServedModels
 from fluxserve.jobs.service import JobService
 from fluxserve.jobs.webhooks import WebhookBody, WebhookDispatcher
 from fluxserve.lora.sources import LoraPolicy
@@ -29,6 +31,7 @@ from fluxserve.runtime.tiers import parse_tiers
 from fluxserve.safety.policy import SafetyPolicy
 from fluxserve.safety.setup import SafetySetup, resolve_safety
 from fluxserve.safety.terms import load_terms
+from fluxserve.specs import ModelSpec
 from fluxserve.storage.base import BlobStorage
 from fluxserve.storage.opening import open_storage
 from fluxserve.store.keys import KeyStore
@@ -99,6 +102,7 @@ class Services:
             Admission(key_store, self.settings.max_queue),
             self.settings.max_images_per_request,
             self.prices,
+            max_prompt_chars=self.settings.max_prompt_chars,
         )
         self.images = ImageReader(self.settings.image_limits, self.settings.url_policy)
         self.loras = LoraRequests(LoraRegistry(self.store.engine), lora_policy(self.settings))
@@ -106,6 +110,7 @@ class Services:
     def start(self) -> None:
         """Recover jobs left running by a previous server, then start the workers."""
         self.check_auth()
+        self.check_hosts()
         if not self.store.shared:
             self._lock = self._lock or lock_data_dir(self.settings)
             from fluxserve.engine.worker_locks import stop_stale_workers
@@ -121,7 +126,7 @@ class Services:
                     logger.warning("job %s left by the last server -> %s", job.id,
                                    job.status.value)  # fmt: skip
         for model, count in self.store.queued_counts().items():
-            if model not in self.models:
+            if model not in self.models and not self.router.learns:
                 logger.warning(
                     "%d queued job(s) wait for model %s, which this server does not load; "
                     "they run when a server with --model %s starts",
@@ -176,6 +181,19 @@ class Services:
                 else "--auth required and there are no API keys: create one with "
                 "`fluxserve keys create --name NAME`, or pass --auth off."
             )
+
+    def check_hosts(self) -> None:
+        """Off loopback, links built from the Host header would point wherever a client
+        says: refuse to start unless links have a fixed base or the Host is checked."""
+        settings = self.settings
+        if settings.loopback_host or settings.public_url or settings.allowed_hosts:
+            return
+        raise ConfigurationError(
+            f"--host {settings.host} is reachable from other machines, and the links in "
+            "answers (polling URLs, image URLs) would follow the request's Host header, which "
+            "any client sets: pass --public-url https://HOST (links use it) and/or "
+            "--allowed-hosts HOST[,HOST...] (requests naming another host get 400)."
+        )
 
     def begin_shutdown(self) -> None:
         """SIGTERM: take no new jobs (503 with Retry-After), and start stopping the workers
@@ -232,8 +250,9 @@ def resolve_models(settings: Settings) -> dict[str, ResolvedModel]:
 
 def build_services(settings: Settings, models: dict[str, ResolvedModel] | None = None) -> Services:
     """Everything the server needs, built but not started (no workers yet)."""
-    models = models if models is not None else resolve_models(settings)
-    router = ModelRouter({name: m.spec for name, m in models.items()}, settings.alias_map)
+    learn = not settings.worker and "model" not in settings.model_fields_set
+    if models is None:
+        models = {} if learn else resolve_models(settings)
     if settings.watermark and importlib.util.find_spec("imwatermark") is None:
         raise ConfigurationError(
             "--watermark needs the invisible-watermark package: pip install 'fluxserve[watermark]'"
@@ -257,4 +276,13 @@ def build_services(settings: Settings, models: dict[str, ResolvedModel] | None =
     safety = resolve_safety(settings, models.values()) if settings.worker else SafetySetup()
     store = open_store(settings)
     storage = open_storage(settings)
+    # An API replica without --model routes to what the live workers serve; with --model,
+    # to those models only (an allow-list), as a server with workers does.
+    served = ServedModels(store, served_spec(settings), settings.lease_seconds) if learn else None
+    router = ModelRouter({n: m.spec for n, m in models.items()}, settings.alias_map, served)
     return Services(settings, models, store, storage, router, safety=safety)
+
+
+def served_spec(settings: Settings) -> Callable[[str], ModelSpec]:
+    """A served model's name -> its spec, resolved as --model NAME would be, no weights."""
+    return lambda name: resolve_model(name, settings.models_dir, weights=False).spec

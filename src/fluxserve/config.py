@@ -193,6 +193,12 @@ class Settings(BaseSettings):
         description="Images one request may ask for (fal's num_images, OpenAI's n), made as "
         "one batch; a request still counts as one active task.",
     )
+    max_prompt_chars: int = Field(
+        10_000,
+        ge=1,
+        description="Longest prompt a request may send, in characters, on every dialect; "
+        "longer ones are refused (422, OpenAI 400) before anything is stored.",
+    )
     max_queue: int = Field(
         1000,
         ge=1,
@@ -449,12 +455,17 @@ class Settings(BaseSettings):
         """Keys are required unless --auth off, or --auth auto on a loopback address."""
         if self.auth != "auto":
             return self.auth == "required"
+        return not self.loopback_host
+
+    @property
+    def loopback_host(self) -> bool:
+        """Whether --host is reachable from this machine only."""
         if self.host == "localhost":
-            return False
-        try:
-            return not ipaddress.ip_address(self.host).is_loopback
-        except ValueError:  # a host name: it may resolve to anything
             return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: it may resolve to anything
+            return False
 
     @property
     def compile_cache_dir(self) -> Path:

@@ -12,12 +12,15 @@ from fluxserve.api.bfl import convert as bfl_convert
 from fluxserve.api.bfl.router import by_name_router
 from fluxserve.api.bfl.router import router as bfl_router
 from fluxserve.api.common.files import router as files_router
+from fluxserve.api.common.head import HeadAsGet
 from fluxserve.api.common.health import router as health_router
+from fluxserve.api.common.hosts import AllowedHosts
 from fluxserve.api.common.metrics import install_metrics
 from fluxserve.api.errors import install_error_handlers
 from fluxserve.api.fal import convert as fal_convert
 from fluxserve.api.fal.router import router as fal_router
 from fluxserve.api.openai.router import router as openai_router
+from fluxserve.api.openapi import install_openapi
 from fluxserve.api.playground.router import router as playground_router
 from fluxserve.bootstrap import Services, build_services
 from fluxserve.config import Settings
@@ -47,6 +50,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     services.register_webhook_body("fal", fal_convert.webhook_body)
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(HeadAsGet)  # HEAD on /healthz, /readyz and /files/...
+    if services.settings.allowed_hosts:
+        app.add_middleware(AllowedHosts, allowed_hosts=services.settings.allowed_hosts)
     app.include_router(health_router)
     install_metrics(app)  # GET /metrics
     app.include_router(bfl_router)
@@ -55,4 +61,5 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(fal_router)
     app.include_router(playground_router)
     app.include_router(by_name_router)  # last: its POST /v1/{name} yields to fixed routes
+    install_openapi(app, services.settings.max_prompt_chars)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from types import FrameType
@@ -26,12 +27,16 @@ def serve(settings: Settings) -> int:
         services = build_services(settings)  # downloads missing weights, with a progress bar
         services._lock = lock
         services.check_auth()  # no keys where keys are required: refuse now, in one sentence
+        services.check_hosts()  # links that follow any Host header: refuse now, likewise
         logger.info("API keys %s", "required" if settings.auth_required else "off (--auth off "
                     "or a loopback --host)")  # fmt: skip
         for name, model in services.models.items():
             logger.info("model %s (%s) from %s", name, model.spec.kind.value, model.path)
-        for endpoint, model_name in services.router.table().items():
-            logger.info("  /v1/%s -> %s", endpoint, model_name or "(not served)")
+        if services.router.learns:
+            logger.info("models: those the live workers serve (the workers table)")
+        else:
+            for endpoint, model_name in services.router.table().items():
+                logger.info("  /v1/%s -> %s", endpoint, model_name or "(not served)")
         log_safety(services)
         app = create_app(settings, services)
         config = uvicorn.Config(
@@ -46,7 +51,9 @@ def serve(settings: Settings) -> int:
             # Requests still open (a synchronous call waiting for its job) get the grace too.
             timeout_graceful_shutdown=math.ceil(settings.shutdown_grace),
         )
-        DrainingServer(config, services).run()
+        # uvicorn raises the Ctrl-C again once it has stopped: that is a clean exit.
+        with contextlib.suppress(KeyboardInterrupt):
+            DrainingServer(config, services).run()
     finally:
         if lock is not None:
             lock.close()

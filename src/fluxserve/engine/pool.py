@@ -24,6 +24,8 @@ from typing import Any
 from fluxserve.config import Settings
 from fluxserve.engine.child import process_main, run_worker
 from fluxserve.engine.signals import Flag, Wakeup
+from fluxserve.engine.unserved import CHECK_INTERVAL as UNSERVED_CHECK_INTERVAL
+from fluxserve.engine.unserved import UnservedJobs
 from fluxserve.safety.setup import SafetySetup
 from fluxserve.store.base import STALE_AFTER_LEASES, WORKER_FORGET_AFTER, WorkerStore
 from fluxserve.weights import ResolvedModel
@@ -81,6 +83,10 @@ class WorkerPool:
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
         self._thread_count = 0
+        self.unserved = UnservedJobs(
+            store, settings.unserved_timeout, settings.lease_seconds, self._local_models
+        )
+        self._last_unserved_check = 0.0
         self._stop_lock = threading.Lock()
         self._stopper: threading.Thread | None = None
 
@@ -139,6 +145,10 @@ class WorkerPool:
                 slot.handle.join(5)
             else:  # a thread cannot be killed; the process exit ends it
                 logger.warning("worker %s did not stop within the grace", slot.worker_id)
+
+    def _local_models(self) -> set[str]:
+        """The models of this pool's live workers, loading ones included."""
+        return {model.name for slot in self._alive() for model in slot.models}
 
     def _alive(self) -> list[WorkerSlot]:
         return [s for s in self.slots if s.handle is not None and s.handle.is_alive()]
@@ -225,6 +235,11 @@ class WorkerPool:
                 self._check_workers()
                 self.sweep()
                 now = time.monotonic()
+                # A short --unserved-timeout is looked at more often than every 5 s.
+                interval = min(UNSERVED_CHECK_INTERVAL, self.settings.unserved_timeout / 4)
+                if now - self._last_unserved_check >= interval:
+                    self._last_unserved_check = now
+                    self.unserved.sweep()
                 if now - self._last_housekeeping >= HOUSEKEEPING_INTERVAL:
                     self._last_housekeeping = now
                     self.forget_silent_workers()

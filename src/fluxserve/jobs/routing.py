@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fluxserve.errors import ConfigurationError, ModelNotAvailable
 from fluxserve.specs import FLUX2_KINDS, ModelKind, ModelSpec
 
@@ -111,15 +113,35 @@ KIND_EXAMPLES: dict[ModelKind, str] = {
 
 
 class ModelRouter:
-    def __init__(self, models: dict[str, ModelSpec], aliases: dict[str, str] | None = None):
-        self.models = models
+    """``models``: the loaded models; or, with ``learn`` (an API replica of a cluster
+    started without --model), whatever ``learn()`` says the live workers serve now."""
+
+    def __init__(
+        self,
+        models: dict[str, ModelSpec],
+        aliases: dict[str, str] | None = None,
+        learn: Callable[[], dict[str, ModelSpec]] | None = None,
+    ) -> None:
+        self._loaded = models
+        self._learn = learn
         self.aliases = dict(aliases or {})
+        if learn is not None:  # workers come and go: an alias to none routes nowhere yet
+            return
         for name, target in self.aliases.items():
             if target not in models:
                 raise ConfigurationError(
                     f"--alias {name}={target} points at a model that is not loaded; "
                     f"loaded: {', '.join(models)}"
                 )
+
+    @property
+    def models(self) -> dict[str, ModelSpec]:
+        return self._loaded if self._learn is None else self._learn()
+
+    @property
+    def learns(self) -> bool:
+        """Whether the models come from the workers table (else from --model)."""
+        return self._learn is not None
 
     def route(self, endpoint: str, raw: bool = False) -> ModelSpec:
         """The spec of the model serving ``endpoint``; ModelNotAvailable when none does.
@@ -131,10 +153,11 @@ class ModelRouter:
         tiny ones. Ultra takes a FLUX.2 model, else a FLUX.1 [dev]-kind one; with ``raw``,
         FLUX.1 Krea [dev] when it is loaded.
         """
-        if endpoint in self.aliases:
-            return self.models[self.aliases[endpoint]]
-        if endpoint in self.models:
-            return self.models[endpoint]
+        models = self.models
+        if endpoint in self.aliases and self.aliases[endpoint] in models:
+            return models[self.aliases[endpoint]]
+        if endpoint in models:
+            return models[endpoint]
         kind = ENDPOINT_KINDS.get(endpoint)
         if endpoint in ULTRA_ENDPOINTS:
             krea = self.first_of_kind(ModelKind.KREA) if raw else None
@@ -151,9 +174,15 @@ class ModelRouter:
         if found is not None:
             return found
         needs = f" (it needs {KIND_EXAMPLES[kind]})" if kind in KIND_EXAMPLES else ""
+        if self.learns:
+            raise ModelNotAvailable(
+                f"No live worker serves {endpoint}{needs}; the workers serve "
+                f"{', '.join(models) or 'nothing yet'}. Start a worker with a model for "
+                f"{endpoint}, or map the endpoint with --alias {endpoint}=MODEL."
+            )
         raise ModelNotAvailable(
             f"No loaded model serves {endpoint}{needs}; this server has "
-            f"{', '.join(self.models)}. Start it with a model for {endpoint}, or map the "
+            f"{', '.join(models)}. Start it with a model for {endpoint}, or map the "
             f"endpoint with --alias {endpoint}=MODEL."
         )
 

@@ -169,6 +169,15 @@ class WorkQueue(Protocol):
         """Running jobs whose lease expired go back to the queue, or fail past max attempts."""
         ...
 
+    def queued_counts(self) -> dict[str, int]:
+        """Queued jobs per model (the sweep's view of what waits)."""
+        ...
+
+    def fail_queued(self, model: str, queued_before: float, code: str, message: str) -> list[Job]:
+        """End Error the jobs of ``model`` queued before ``queued_before`` that are still
+        queued; the jobs ended."""
+        ...
+
     def set_batch_size(self, worker_id: str, job_ids: list[str], size: int) -> int:
         """Record that these running jobs of ``worker_id`` run as one batch of ``size``
         (a claim sets 1)."""

@@ -271,6 +271,19 @@ class SqlWorkQueue(SqlStoreBase):
                 self._announce(conn)
         return [row_to_job(r) for r in (*were_cancelled, *failed, *requeued)]
 
+    def fail_queued(self, model: str, queued_before: float, code: str, message: str) -> list[Job]:
+        waiting = (
+            (jobs.c.status == JobStatus.QUEUED.value)
+            & (jobs.c.model == model)
+            & (jobs.c.created_at < queued_before)
+        )
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                jobs.update().where(waiting).values(**ended(JobStatus.FAILED, code, message))
+                .returning(*jobs.c)
+            ).all()  # fmt: skip
+        return [row_to_job(row) for row in rows]
+
     def set_batch_size(self, worker_id: str, job_ids: list[str], size: int) -> int:
         """Record that these running jobs of ``worker_id`` run as one batch of ``size``."""
         stmt = (
