@@ -4,6 +4,7 @@ PostgreSQL job store and one data dir (local storage), killed and restarted unde
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -348,10 +349,31 @@ def test_restarting_every_api_replica_loses_and_repeats_no_job(cluster):
 
 SOAK_JOBS = 500
 SOAK_CLIENTS = 10
+SOAK_DEADLINE = 280.0  # seconds a soak client has for all its jobs (the test joins at 300)
+
+
+def _soak_job_end(http: httpx.Client, kind: str, job_id: str) -> tuple[str, str | None] | None:
+    """A soak job's end, ``(status, image URL)``, or None while it runs."""
+    if kind == "bfl":
+        body = http.get("/v1/get_result", params={"id": job_id}).json()
+        if body["status"] == "Pending":
+            return None
+        return body["status"], body.get("result", {}).get("sample")
+    root = f"/queue/fal-ai/flux/requests/{job_id}"
+    body = http.get(f"{root}/status").json()
+    if body["status"] != "COMPLETED":
+        return None
+    assert body.get("error") is None, body
+    result = http.get(root).json()
+    if not result.get("images"):
+        return str(result), None
+    return "Ready", result["images"][0]["url"]
 
 
 def _soak_client(api: Api, index: int, count: int, out: list, errors: list) -> None:
-    """Submit ``count`` jobs (BFL and fal alternately), then poll each to its end."""
+    """Submit ``count`` jobs (BFL and fal alternately), then poll each to its end; a job
+    still running at the client's deadline is reported as an error."""
+    deadline = time.monotonic() + SOAK_DEADLINE
     try:
         http = httpx.Client(base_url=api.base, timeout=60)
         pending = []
@@ -375,23 +397,12 @@ def _soak_client(api: Api, index: int, count: int, out: list, errors: list) -> N
                 body = response.json()
                 pending.append(("fal", body["request_id"], submitted))
         for kind, job_id, submitted in pending:
-            while True:
-                if kind == "bfl":
-                    body = http.get("/v1/get_result", params={"id": job_id}).json()
-                    if body["status"] != "Pending":
-                        status = body["status"]
-                        image_url = body.get("result", {}).get("sample")
-                        break
-                else:
-                    root = f"/queue/fal-ai/flux/requests/{job_id}"
-                    body = http.get(f"{root}/status").json()
-                    if body["status"] == "COMPLETED":
-                        assert body.get("error") is None, body
-                        result = http.get(root).json()
-                        status = "Ready" if result.get("images") else str(result)
-                        image_url = result["images"][0]["url"] if result.get("images") else None
-                        break
-                time.sleep(0.2)
+            status, image_url = wait_for(
+                functools.partial(_soak_job_end, http, kind, job_id),
+                deadline - time.monotonic(),
+                f"{kind} job {job_id} to end",
+                0.2,
+            )
             finished = time.monotonic()
             fetched = http.get(image_url).status_code if image_url else None
             out.append((kind, job_id, status, finished - submitted, fetched))

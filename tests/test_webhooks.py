@@ -1,8 +1,9 @@
 """Webhooks: BFL's webhook_url / webhook_secret and fal's ?fal_webhook=, delivered to a real
 HTTP receiver on loopback, with retries, the address guard and cluster-safe claims.
 
-Retry delays and the poll interval are shrunk for the tests (no long sleeps); every wait
-is "until it happens, or fail after a generous deadline", never a timed assertion.
+Retry delays and the poll interval are shrunk for the tests (no long sleeps; the shipped
+schedule is checked, unpatched, in test_readme_promises.py); every wait is "until it
+happens, or fail after a generous deadline", never a timed assertion.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import quote
 
@@ -26,7 +28,15 @@ from fluxserve.config import Settings
 from fluxserve.domain import GenerationRequest, Job, JobStatus, Webhook
 from fluxserve.jobs import webhooks
 from fluxserve.jobs.webhooks import WebhookDispatcher, retry_delay, url_problem
-from tests.helpers import SMALL, fetch_image, free_port, job_count, poll_result, wait_ready
+from tests.helpers import (
+    SMALL,
+    fetch_image,
+    free_port,
+    job_count,
+    poll_result,
+    wait_for,
+    wait_ready,
+)
 
 FAST = {**SMALL, "steps": 1, "seed": 3}
 FAL_FAST = {"prompt": "a fox", "image_size": {"width": 256, "height": 256},
@@ -58,6 +68,7 @@ class Receiver:
     url: str = ""
     requests: list[Received] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)  # answers in turn; then 200
+    location: str | None = None  # sent with every 3xx answer
     hold: threading.Event | None = None  # when set up: each POST waits for it (slow)
     condition: threading.Condition = field(default_factory=threading.Condition)
 
@@ -83,6 +94,8 @@ def receiver() -> Iterator[Receiver]:
             if state.hold is not None:
                 state.hold.wait(DEADLINE)
             self.send_response(status)
+            if 300 <= status < 400 and state.location is not None:
+                self.send_header("location", state.location)
             self.send_header("content-length", "2")
             self.end_headers()
             self.wfile.write(b"ok")
@@ -174,7 +187,7 @@ def test_bfl_webhook_is_posted_once_with_the_secret_and_the_result(serve, receiv
     assert hook.path == "/hooks/bfl?tenant=7"
     assert hook.headers["X-Webhook-Secret"] == "s3cret"
     assert hook.headers["Content-Type"] == "application/json"
-    assert "fluxserve" in hook.headers["User-Agent"]
+    assert hook.headers["User-Agent"] == f"fluxserve/{version('fluxserve')} (webhook)"
     body = hook.body
     assert body["id"] == body["task_id"] == job_id
     assert (body["status"], body["error"]) == ("SUCCESS", None)
@@ -227,20 +240,70 @@ def test_a_client_error_is_not_retried(serve, receiver):
     assert "HTTP 404" in job.webhook_error
 
 
-def test_a_dead_receiver_fails_after_the_retry_window(serve):
-    client = serve(webhook_retry_window=0.5)
+@pytest.mark.parametrize("status", [408, 425, 429])
+def test_timeout_too_early_and_too_many_requests_are_retried(serve, receiver, status):
+    receiver.statuses = [status, status]
+    client = serve()
+    job_id = bfl_submit(client, webhook_url=f"{receiver.url}/busy")["id"]
+    job = settled(client, job_id)
+    assert (job.webhook_state, job.webhook_attempts, job.webhook_error) == ("delivered", 3, None)
+    assert [hook.path for hook in receiver.wait_for(3)] == ["/busy"] * 3
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_a_redirect_is_not_followed_and_fails_at_once(serve, receiver, status):
+    receiver.statuses = [status]
+    receiver.location = f"{receiver.url}/elsewhere"
+    client = serve()
+    job_id = bfl_submit(client, webhook_url=f"{receiver.url}/moved")["id"]
+    job = settled(client, job_id)
+    assert (job.webhook_state, job.webhook_attempts) == ("failed", 1)
+    assert f"HTTP {status} (redirects are not followed)" in job.webhook_error
+    # A followed redirect would have been made within that one attempt, before it settled.
+    assert [hook.path for hook in receiver.requests] == ["/moved"]
+
+
+def test_a_dead_receiver_is_retried_while_generation_goes_on(serve):
+    client = serve()
     dead = f"http://127.0.0.1:{free_port()}/nobody-listens"
     job_id = bfl_submit(client, webhook_url=dead)["id"]
     # Generation goes on meanwhile.
     other = bfl_submit(client, prompt="a lighthouse")["id"]
     assert poll_result(client, other)["status"] == "Ready"
-    job = settled(client, job_id)
-    assert job.webhook_state == "failed"
-    assert job.webhook_attempts >= 2  # retried within the window, then given up
+    store = client.app.state.services.store
+    job = wait_for(lambda: (j := store.get(job_id)).webhook_attempts >= 3 and j,
+                   "the dead receiver's third attempt", DEADLINE)  # fmt: skip
+    assert job.webhook_state == "pending"  # within the retry window: tried again later
     assert "ConnectError" in job.webhook_error
     polled = poll_result(client, job_id)
     assert polled["status"] == "Ready"  # the job itself is fine
-    assert polled["details"]["webhook"]["state"] == "failed"
+    assert polled["details"]["webhook"]["state"] == "pending"
+
+
+def test_a_failing_delivery_gives_up_once_the_retry_window_has_passed(tmp_path):
+    """The window counts from the task's end: a task that ended 40 s ago, with a 60 s
+    window, is tried again after 1 s and 5 s (within it) but not after 30 s (past it)."""
+    from fluxserve.store.sqlite import SqliteJobStore
+
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    try:
+        job = ended_job(f"http://127.0.0.1:{free_port()}/nobody-listens")
+        job.finished_at = time.time() - 40
+        store.create(job)
+        dispatcher = WebhookDispatcher(store, lambda job: {"id": job.id},
+                                       UrlPolicy(allow_private=True), timeout=2.0,
+                                       retry_window=60.0, delays=(1.0, 5.0, 30.0))  # fmt: skip
+        for attempt, state in [(1, "pending"), (2, "pending"), (3, "failed")]:
+            # Claim the delivery now, whenever its next try was due.
+            (claimed,) = store.due_webhooks(time.time() + 3600, 1, dispatcher.hold_seconds)
+            assert claimed.webhook_attempts == attempt
+            dispatcher.deliver(claimed)
+            after = store.get(job.id)
+            assert (after.webhook_state, after.webhook_attempts) == (state, attempt)
+            assert "ConnectError" in after.webhook_error  # the last error, kept
+        assert store.due_webhooks(time.time() + 3600, 1, dispatcher.hold_seconds) == []
+    finally:
+        store.close()
 
 
 def test_a_slow_receiver_holds_up_neither_generation_nor_other_webhooks(serve, receiver):

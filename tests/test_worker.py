@@ -17,6 +17,7 @@ from fluxserve.runtime.diffusers_runner import FluxRunner
 from fluxserve.storage.local import LocalStorage
 from fluxserve.store.sqlite import SqliteJobStore
 from fluxserve.weights import resolve_model
+from tests.helpers import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -156,22 +157,22 @@ def test_lost_lease_drops_result(parts, runner):
 def test_lease_keeper_heartbeats_and_notices_loss(parts):
     store, _ = parts
     store.create(Job(id="job-0", request=request(FluxRunnerName())))
-    # A lease long enough that a busy machine (tests run in parallel) still heartbeats in
-    # time: a heartbeat every 0.6 s keeps a 1.8 s lease alive.
+    # A heartbeat every third of the lease (0.6 s) keeps a 1.8 s lease alive.
     job = store.claim("w", ["tiny"], 1.8)
+    first_expiry = store.get(job.id).lease_expires_at
     keeper = LeaseKeeper(store, 1.8)
     try:
         keeper.hold(job)
-        time.sleep(2.4)  # past the first lease: only heartbeats keep it
-        assert store.requeue_expired(max_attempts=2) == []
+        # Waits for a heartbeat, not the clock: the lease has been renewed past the claim's.
+        wait_for(lambda: store.get(job.id).lease_expires_at > first_expiry,
+                 "a heartbeat to renew the lease", timeout=30)  # fmt: skip
+        # So the moment the first lease would have run out, the job is still held.
+        assert store.requeue_expired(max_attempts=2, now=first_expiry + 0.01) == []
         assert not keeper.lost
         # Another member takes the job back (as a sweep of an expired lease would), in one
         # step, so no heartbeat can land between "expired" and "requeued".
         assert store.release(job.id, job.attempt)
-        deadline = time.monotonic() + 5
-        while not keeper.lost and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert keeper.lost
+        wait_for(lambda: keeper.lost, "the keeper to notice the lost lease", timeout=30)
     finally:
         keeper.close()
 
