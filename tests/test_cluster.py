@@ -148,8 +148,8 @@ class Api(Proc):
 class WorkerProc(Proc):
     """`fluxserve worker`: a parent that runs one worker process (the child)."""
 
-    def __init__(self, cluster: Cluster, name: str) -> None:
-        super().__init__(["worker", *cluster.common], cluster.dir / f"{name}.log")
+    def __init__(self, cluster: Cluster, name: str, *flags: str) -> None:
+        super().__init__(["worker", *cluster.common, *flags], cluster.dir / f"{name}.log")
 
     def child_ids(self) -> list[str]:
         """The worker ids of the children that became ready, in order."""
@@ -184,8 +184,8 @@ class Cluster:
         self.procs.append(api)
         return api
 
-    def worker(self, name: str) -> WorkerProc:
-        worker = WorkerProc(self, name)
+    def worker(self, name: str, *flags: str) -> WorkerProc:
+        worker = WorkerProc(self, name, *flags)
         self.procs.append(worker)
         return worker
 
@@ -345,6 +345,31 @@ def test_restarting_every_api_replica_loses_and_repeats_no_job(cluster):
     for worker in workers:
         assert worker.wait(60) == 0, worker.log().decode()[-3000:]
     assert not any(is_alive(pid) for pid in children)
+
+
+def test_a_worker_stopped_mid_job_hands_it_back_within_its_grace(cluster):
+    """SIGTERM on a busy `fluxserve worker`: past the grace's abort point the job stops at
+    its next step and goes back to the queue, its attempt given back; another worker runs
+    it; the stopped one has exited, its child with it, within the grace."""
+    c = cluster(lease=3)
+    api = c.api("api")
+    first = c.worker("worker-a", "--shutdown-grace", "8")
+    api.wait_ready()
+    child = pid_of(first.wait_child())
+    job_id = api.submit(seed=9, width=1440, height=1440, steps=50)  # ~20 s here
+    wait_for(lambda: (j := c.store.get(job_id)).status is JobStatus.RUNNING and j.progress > 0,
+             60, "the job running")  # fmt: skip
+
+    first.signal(signal.SIGTERM)
+    assert first.wait(8 + 6) == 0, first.log().decode()[-3000:]
+    assert not is_alive(child)
+    job = c.store.get(job_id)
+    assert (job.status, job.attempt) == (JobStatus.QUEUED, 0)
+
+    c.worker("worker-b").wait_child()
+    body = wait_for(lambda: (b := api.result(job_id))["status"] != "Pending" and b, 120, "job")
+    assert body["status"] == "Ready", body
+    assert c.store.get(job_id).attempt == 1  # the stopped run was not counted
 
 
 SOAK_JOBS = 500

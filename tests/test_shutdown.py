@@ -79,7 +79,7 @@ def job_row(data_dir: Path, job_id: str) -> tuple[str, int, str]:
 @pytest.mark.process
 def test_sigterm_stops_within_the_grace_and_the_next_server_finishes_the_job(start):
     # --max-attempts 1: the job stopped by the shutdown must not use up its only attempt.
-    server = start("--shutdown-grace", "6", "--max-attempts", "1")
+    server = start("--shutdown-grace", "8", "--max-attempts", "1")
     worker = server.worker_pid()
     job_id = server.submit(seed=7, **LONG)
     server.wait_running(job_id)
@@ -88,9 +88,9 @@ def test_sigterm_stops_within_the_grace_and_the_next_server_finishes_the_job(sta
     signalled = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     try:
-        server.proc.wait(6 + 5)  # the grace, and the interpreter's own exit
+        server.proc.wait(8 + 5)  # the grace, and the interpreter's own exit
     except subprocess.TimeoutExpired:
-        pytest.fail(f"still running 11 s after SIGTERM with a 6 s grace:\n{server.log_tail()}")
+        pytest.fail(f"still running 13 s after SIGTERM with an 8 s grace:\n{server.log_tail()}")
     took = time.monotonic() - signalled
     assert gone(worker), "the worker outlived its server"
     status, attempt, _ = job_row(server.data_dir, job_id)
