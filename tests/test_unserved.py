@@ -42,7 +42,8 @@ def test_jobs_for_an_unserved_model_end_after_the_timeout(store):
     failed = store.get(old.id)
     assert failed.status is JobStatus.FAILED
     assert failed.error_code == "model_unavailable"
-    assert "ghost" in failed.error_message and "--unserved-timeout" in failed.error_message
+    assert "ghost" in failed.error_message
+    assert "--unserved-timeout" in failed.error_message
     assert store.get(young.id).status is JobStatus.QUEUED
     assert [j.id for j in sweep.sweep(now=t0 + 2 * TIMEOUT)] == [young.id]
 

@@ -18,6 +18,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -74,6 +75,92 @@ OPENAI_PREFIXES = ("/v1/images", "/v1/models")
 
 # The domain's names for fields OpenAI's API calls otherwise.
 OPENAI_FIELDS = {"num_images": "n"}
+
+
+# -- The error bodies, as the OpenAPI document shows them ---------------------------------------
+
+
+class ValidationIssue(BaseModel):
+    """One rejected value: where it is (``loc``), why (``msg``) and the kind of error."""
+
+    model_config = ConfigDict(extra="allow")  # pydantic adds ``ctx`` to some
+
+    loc: list[str | int] = Field(description='Where the value is, e.g. ["body", "prompt"].')
+    msg: str
+    type: str
+    input: Any = Field(None, description="The value received.")
+
+
+class ValidationErrorBody(BaseModel):
+    """A 422 on BFL and fal routes: FastAPI's shape, one entry per rejected value."""
+
+    detail: list[ValidationIssue]
+
+
+class BflError(BaseModel):
+    """Any other BFL error: the text under both keys BFL's clients read."""
+
+    detail: str
+    message: str
+
+
+class FalError(BaseModel):
+    """Any other fal error; ``error_type`` is also sent as the X-Fal-Error-Type header."""
+
+    detail: str
+    error_type: str
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, or server_error for a 5xx.")
+    param: str | None = Field(description="The parameter at fault, when there is one.")
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    """Every OpenAI error, as the OpenAI SDK reads it."""
+
+    error: OpenAIErrorDetail
+
+
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.",
+                               "schema": {"type": "integer"}}}  # fmt: skip
+STATUS_MEANINGS: dict[int, str] = {
+    400: "A parameter the caller can change is wrong.",
+    401: "No API key, or one that is unknown or revoked.",
+    402: "The job costs more credits than the API key has left.",
+    403: "The caller may not do this.",
+    404: "No such model, endpoint or request.",
+    410: "The result was handed over once and not kept.",
+    413: "The request body is too large.",
+    422: "A value is missing or not allowed; the body names the field.",
+    429: "The API key's limit is reached; Retry-After says when to retry.",
+    500: "The job failed.",
+    503: "The server is busy, shutting down or without its database for a moment; "
+    "Retry-After says when to retry.",
+    504: "The job did not end in time.",
+}
+
+
+def error_responses(dialect: str, *statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route of ``dialect`` that can answer ``statuses``: each
+    with that dialect's error body (fal's 422 is either a rejected value or a refused
+    job)."""
+    bodies: dict[str, Any] = {"bfl": BflError, "fal": FalError, "openai": OpenAIErrorBody}
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        model = bodies[dialect]
+        if status == 422 and dialect == "bfl":
+            model = ValidationErrorBody
+        response = {"model": model, "description": STATUS_MEANINGS[status]}
+        if status == 422 and dialect == "fal":
+            response["model"] = ValidationErrorBody | FalError
+            response["description"] += " Or the job was refused: its prompt, or its LoRA."
+        if status in (429, 503):
+            response["headers"] = RETRY_AFTER
+        responses[status] = response
+    return responses
 
 
 def dialect_of(path: str) -> str:

@@ -40,7 +40,7 @@ def _settings_flags(parser: argparse.ArgumentParser, *names: str) -> None:
 
 # Settings a worker has no use for: it serves no HTTP.
 HTTP_ONLY = {"host", "port", "tls_cert", "tls_key", "public_url", "alias", "worker",
-             "price_table", "allowed_hosts"}  # fmt: skip
+             "price_table", "allowed_hosts", "max_prompt_chars"}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

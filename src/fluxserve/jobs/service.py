@@ -62,6 +62,7 @@ class JobService:
         admission: Admission | None = None,
         max_images: int = 10,
         prices: PriceTable | None = None,
+        max_prompt_chars: int = 10_000,
     ) -> None:
         self.store = store
         self.storage = storage
@@ -71,6 +72,7 @@ class JobService:
         self.admission = admission
         self.max_images = max_images  # per request, every dialect (--max-images-per-request)
         self.prices = prices or PriceTable()  # what a job costs, charged to a key's budget
+        self.max_prompt_chars = max_prompt_chars  # every dialect (--max-prompt-chars)
         self.draining = False  # set by a shutdown: new jobs belong to another server
 
     def submit(
@@ -102,6 +104,14 @@ class JobService:
                 f"at most {self.max_images} images per request on this server "
                 f"(--max-images-per-request), got {request.num_images}",
                 request.num_images,
+            )
+        if len(request.prompt) > self.max_prompt_chars:
+            # Checked here, the one path every dialect submits through, before the prompt
+            # is screened or stored. The value is not echoed: it may be megabytes.
+            raise InvalidRequest(
+                "prompt",
+                f"at most {self.max_prompt_chars} characters on this server "
+                f"(--max-prompt-chars), got {len(request.prompt)}",
             )
         if submission.idempotency_key is not None:
             earlier = self.store.find_idempotent(submission.owner, submission.idempotency_key)

@@ -44,6 +44,8 @@ Steps = Annotated[int, Field(ge=1, le=50), NotBool]
 # BFL's documented range; a FLUX.1 model may look oversaturated past 5 (the caller's call).
 Guidance = Annotated[float, Field(ge=1.5, le=10), NotBool]
 OutputFormatName = Literal["jpeg", "png", "webp"]
+# "W:H"; the bound keeps a hostile value out of the error that quotes it.
+AspectRatio = Annotated[str, Field(max_length=32)]
 
 
 def _webhook_url(value: str) -> str:
@@ -153,7 +155,7 @@ class FluxKontextProInputs(_CommonInputs):
     input_image_2: ImageReference | None = Field(None, description="Another reference.")
     input_image_3: ImageReference | None = None
     input_image_4: ImageReference | None = None
-    aspect_ratio: str | None = Field(
+    aspect_ratio: AspectRatio | None = Field(
         None, description="W:H between 21:9 and 9:21; default: the input image's, else 1:1."
     )
     steps: Steps | None = Field(None, description="1-50; default: the model's (28).")
@@ -208,7 +210,7 @@ class FluxUltraInputs(_CommonInputs):
     """``/v1/flux-pro-1.1-ultra`` (BFL's ``FluxUltraInput``): about 4 MP at a ratio."""
 
     prompt: Prompt = Field("", description="What to draw.")
-    aspect_ratio: str = Field("16:9", description="W:H between 21:9 and 9:21.")
+    aspect_ratio: AspectRatio = Field("16:9", description="W:H between 21:9 and 9:21.")
     raw: bool = Field(
         False,
         description="More natural, less processed images: made by FLUX.1 Krea [dev] when it "

@@ -36,6 +36,7 @@ from fluxserve.api.bfl.protocol import (
     _Flux2Common,
 )
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
+from fluxserve.api.errors import error_responses
 from fluxserve.api.validators import lora_wants
 from fluxserve.domain import Task
 from fluxserve.errors import Forbidden, ModelNotAvailable
@@ -44,6 +45,10 @@ from fluxserve.jobs.service import Submission
 from fluxserve.specs import ModelSpec
 
 router = APIRouter(prefix="/v1", tags=["bfl"])
+
+# What each kind of route can answer besides 200, in BFL's error shapes (api/errors.py).
+SUBMIT_ERRORS = error_responses("bfl", 401, 402, 404, 422, 429, 503)
+READ_ERRORS = error_responses("bfl", 401, 503)
 
 
 # The routes are plain ``def``: FastAPI runs them in the thread pool, where fetching and
@@ -64,13 +69,13 @@ def _submit(
     return convert.to_async_response(job, base, services.prices)
 
 
-@router.post("/flux-dev", response_model=AsyncResponse)
+@router.post("/flux-dev", response_model=AsyncResponse, responses=SUBMIT_ERRORS)
 def flux_dev(inputs: FluxDevInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep):
     """Generate an image with FLUX.1 [dev]."""
     return _submit("flux-dev", inputs, services, base, caller)
 
 
-@router.post("/flux-schnell", response_model=AsyncResponse)
+@router.post("/flux-schnell", response_model=AsyncResponse, responses=SUBMIT_ERRORS)
 def flux_schnell(
     inputs: FluxSchnellInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
@@ -78,7 +83,7 @@ def flux_schnell(
     return _submit("flux-schnell", inputs, services, base, caller)
 
 
-@router.post("/flux-pro-1.1", response_model=AsyncResponse)
+@router.post("/flux-pro-1.1", response_model=AsyncResponse, responses=SUBMIT_ERRORS)
 def flux_pro_11(
     inputs: FluxPro11Inputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
@@ -86,13 +91,13 @@ def flux_pro_11(
     return _submit("flux-pro-1.1", inputs, services, base, caller)
 
 
-@router.post("/flux-pro", response_model=AsyncResponse)
+@router.post("/flux-pro", response_model=AsyncResponse, responses=SUBMIT_ERRORS)
 def flux_pro(inputs: FluxProInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep):
     """Generate an image on the model mapped to FLUX.1 [pro] (legacy endpoint)."""
     return _submit("flux-pro", inputs, services, base, caller)
 
 
-@router.post("/flux-pro-1.1-ultra", response_model=AsyncResponse)
+@router.post("/flux-pro-1.1-ultra", response_model=AsyncResponse, responses=SUBMIT_ERRORS)
 def flux_pro_11_ultra(
     inputs: FluxUltraInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
@@ -112,7 +117,7 @@ def _finetune(inputs: FinetuneFluxUltraInputs | FinetuneFluxProFillInputs,
                        "finetune_strength")]  # fmt: skip
 
 
-@router.post("/flux-pro-1.1-ultra-finetuned", response_model=AsyncResponse)
+@router.post("/flux-pro-1.1-ultra-finetuned", response_model=AsyncResponse, responses=SUBMIT_ERRORS)
 def flux_pro_11_ultra_finetuned(
     inputs: FinetuneFluxUltraInputs, services: ServicesDep, base: BaseUrlDep,
     caller: SubmitterDep,
@@ -123,7 +128,7 @@ def flux_pro_11_ultra_finetuned(
                    loras=_finetune(inputs, services))  # fmt: skip
 
 
-@router.post("/flux-pro-1.0-fill-finetuned", response_model=AsyncResponse)
+@router.post("/flux-pro-1.0-fill-finetuned", response_model=AsyncResponse, responses=SUBMIT_ERRORS)
 def flux_pro_fill_finetuned(
     inputs: FinetuneFluxProFillInputs, services: ServicesDep, base: BaseUrlDep,
     caller: SubmitterDep,
@@ -133,15 +138,21 @@ def flux_pro_fill_finetuned(
                    convert.fill_request, loras=_finetune(inputs, services))  # fmt: skip
 
 
-@router.get("/my_finetunes", response_model=MyFinetunesResponse)
+@router.get("/my_finetunes", response_model=MyFinetunesResponse, responses=READ_ERRORS)
 def my_finetunes(services: ServicesDep, _key: CallerDep) -> MyFinetunesResponse:
     """The registered LoRAs, by name (every key sees the operator's registry)."""
     return MyFinetunesResponse(finetunes=[entry.name for entry in services.loras.registry.all()])
 
 
-@router.get("/finetune_details", response_model=FinetuneDetailResponse)
+@router.get(
+    "/finetune_details",
+    response_model=FinetuneDetailResponse,
+    responses=error_responses("bfl", 401, 404, 422, 503),
+)
 def finetune_details(
-    services: ServicesDep, _key: CallerDep, finetune_id: str = Query(...)
+    services: ServicesDep,
+    _key: CallerDep,
+    finetune_id: str = Query(..., min_length=1, max_length=200),
 ) -> FinetuneDetailResponse:
     """One registered LoRA: its source and default scale."""
     entry = services.loras.registry.get(finetune_id)
@@ -150,7 +161,11 @@ def finetune_details(
     return FinetuneDetailResponse(finetune_details=convert.finetune_details(entry))
 
 
-@router.post("/delete_finetune", response_model=DeleteFinetuneResponse)
+@router.post(
+    "/delete_finetune",
+    response_model=DeleteFinetuneResponse,
+    responses=error_responses("bfl", 401, 403, 404, 422, 503),
+)
 def delete_finetune(
     inputs: DeleteFinetuneInputs, services: ServicesDep, key: CallerDep
 ) -> DeleteFinetuneResponse:
@@ -166,7 +181,7 @@ def delete_finetune(
     return convert.deleted_finetune(inputs.finetune_id)
 
 
-@router.post("/flux-kontext-pro", response_model=AsyncResponse)
+@router.post("/flux-kontext-pro", response_model=AsyncResponse, responses=SUBMIT_ERRORS)
 def flux_kontext_pro(
     inputs: FluxKontextProInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
@@ -175,7 +190,7 @@ def flux_kontext_pro(
     return _submit("flux-kontext-pro", inputs, services, base, caller, convert.kontext_request)
 
 
-@router.post("/flux-kontext-max", response_model=AsyncResponse)
+@router.post("/flux-kontext-max", response_model=AsyncResponse, responses=SUBMIT_ERRORS)
 def flux_kontext_max(
     inputs: FluxKontextProInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
@@ -183,7 +198,7 @@ def flux_kontext_max(
     return _submit("flux-kontext-max", inputs, services, base, caller, convert.kontext_request)
 
 
-@router.post("/flux-pro-1.0-fill", response_model=AsyncResponse)
+@router.post("/flux-pro-1.0-fill", response_model=AsyncResponse, responses=SUBMIT_ERRORS)
 def flux_pro_fill(
     inputs: FluxProFillInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
@@ -191,7 +206,7 @@ def flux_pro_fill(
     return _submit("flux-pro-1.0-fill", inputs, services, base, caller, convert.fill_request)
 
 
-@router.post("/flux-pro-1.0-expand", response_model=AsyncResponse)
+@router.post("/flux-pro-1.0-expand", response_model=AsyncResponse, responses=SUBMIT_ERRORS)
 def flux_pro_expand(
     inputs: FluxProExpandInputs, services: ServicesDep, base: BaseUrlDep, caller: SubmitterDep
 ):
@@ -213,7 +228,7 @@ def _flux2_route(endpoint: str, inputs_type: type[_Flux2Common], summary: str) -
     submit.__annotations__["inputs"] = inputs_type
     router.add_api_route(
         f"/{endpoint}", submit, methods=["POST"], response_model=AsyncResponse,
-        name=endpoint.replace("-", "_"),
+        responses=SUBMIT_ERRORS, name=endpoint.replace("-", "_"),
     )  # fmt: skip
 
 
@@ -233,7 +248,7 @@ for _endpoint, (_inputs_type, _summary) in FLUX2_ROUTES.items():
     _flux2_route(_endpoint, _inputs_type, _summary)
 
 
-@router.get("/credits", response_model=CreditsResponse)
+@router.get("/credits", response_model=CreditsResponse, responses=READ_ERRORS)
 def credits(services: ServicesDep, key: CallerDep) -> CreditsResponse:
     """The caller's credits left: its key's budget (``fluxserve keys create --credits``)
     less what its tasks cost at ``--price-table``'s prices; null without a budget."""
@@ -242,7 +257,9 @@ def credits(services: ServicesDep, key: CallerDep) -> CreditsResponse:
 
 # async, so a poll is answered on the event loop without a thread-pool hop (which costs
 # more than the read itself): a SQLite read in WAL mode never waits for a writer.
-@router.get("/get_result", response_model=ResultResponse)
+@router.get(
+    "/get_result", response_model=ResultResponse, responses=error_responses("bfl", 401, 422, 503)
+)
 async def get_result(services: ServicesDep, base: BaseUrlDep, key: CallerDep, id: str = Query(...)):
     """Status of a task and, once Ready, a signed link to its image."""
     job = await services.jobs.read(services.jobs.get, id, owner_of(key))
@@ -279,6 +296,7 @@ async def named_model(name: str, services: ServicesDep) -> ModelSpec:
 @by_name_router.post(
     "/v1/{name}",
     response_model=AsyncResponse,
+    responses=SUBMIT_ERRORS,
     tags=["bfl"],
     dependencies=[Depends(authenticate), Depends(named_model)],
 )

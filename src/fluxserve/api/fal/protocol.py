@@ -416,6 +416,13 @@ class QueueSubmitted(BaseModel):
         return data
 
 
+class CancelStatus(BaseModel):
+    """What a cancel answers: 202 CANCELLATION_REQUESTED, 400 ALREADY_COMPLETED or 404
+    NOT_FOUND (fal's bodies)."""
+
+    status: Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED", "NOT_FOUND"]
+
+
 class QueueStatus(BaseModel):
     status: Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
     request_id: str

@@ -16,8 +16,10 @@ from starlette.concurrency import run_in_threadpool
 
 from fluxserve.api.auth import CallerDep, SubmitterDep, abandoned, owner_of
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
+from fluxserve.api.errors import error_responses
 from fluxserve.api.fal import convert
 from fluxserve.api.fal.protocol import (
+    CancelStatus,
     Flux2EditInput,
     Flux2Input,
     Flux2LoraEditInput,
@@ -38,6 +40,7 @@ from fluxserve.api.fal.protocol import (
     KreaImageToImageInput,
     KreaInput,
     Output,
+    QueueStatus,
     QueueSubmitted,
     _Base,
 )
@@ -107,6 +110,20 @@ INPUT_MODELS: dict[str, type[_Base]] = {
     },  # fmt: skip
 }
 SYNC_TIMEOUT = 600.0  # seconds a synchronous call waits for its job
+
+# What each route can answer besides its success, in fal's error shapes (api/errors.py). An
+# ended job that made no images answers as the result route does: 400 (cancelled), 422 (a
+# refused prompt or LoRA), 500 (failed), 410 (sync_mode images already handed over).
+SUBMIT_ERRORS = (401, 402, 404, 422, 429, 503)
+SYNC_ERRORS = error_responses("fal", *SUBMIT_ERRORS, 400, 410, 500, 504)
+QUEUE_ERRORS = error_responses("fal", *SUBMIT_ERRORS)
+STATUS_ERRORS = error_responses("fal", 401, 404, 422, 503)
+RESULT_ERRORS = error_responses("fal", 400, 401, 404, 410, 422, 500, 503)
+CANCEL_ERRORS = {
+    400: {"model": CancelStatus, "description": "The request has already ended."},
+    404: {"model": CancelStatus, "description": "No such request."},
+    **error_responses("fal", 401, 503),
+}
 
 
 def _fal_webhook(url: str | None) -> str | None:
@@ -260,20 +277,44 @@ def _register() -> None:
         for subpath in subpaths:
             endpoint = f"{app_id}/{subpath}" if subpath else app_id
             router.add_api_route(
-                f"/{endpoint}", make_sync(endpoint), methods=["POST"], response_model=Output
+                f"/{endpoint}",
+                make_sync(endpoint),
+                methods=["POST"],
+                response_model=Output,
+                responses=SYNC_ERRORS,
             )
             router.add_api_route(
                 f"/queue/{endpoint}",
                 make_submit(endpoint, app_id),
                 methods=["POST"],
                 response_model=QueueSubmitted,
+                responses=QUEUE_ERRORS,
             )
         # Status, result and cancel without the subpath (fal's rule) and with it.
         for prefix in [app_id, *(f"{app_id}/{sub}" for sub in subpaths if sub)]:
             root = f"/queue/{prefix}/requests/{{request_id}}"
-            router.add_api_route(f"{root}/status", make_status(app_id), methods=["GET"])
-            router.add_api_route(root, make_result(app_id), methods=["GET"])
-            router.add_api_route(f"{root}/cancel", make_cancel(app_id), methods=["PUT"])
+            router.add_api_route(
+                f"{root}/status",
+                make_status(app_id),
+                methods=["GET"],
+                response_model=QueueStatus,
+                responses=STATUS_ERRORS,
+            )
+            router.add_api_route(
+                root,
+                make_result(app_id),
+                methods=["GET"],
+                response_model=Output,
+                responses=RESULT_ERRORS,
+            )
+            router.add_api_route(
+                f"{root}/cancel",
+                make_cancel(app_id),
+                methods=["PUT"],
+                status_code=202,
+                response_model=CancelStatus,
+                responses=CANCEL_ERRORS,
+            )
 
 
 _register()

@@ -19,6 +19,7 @@ from fluxserve.config import MAX_IMAGES_CAP
 from fluxserve.domain import MAX_SEED
 
 SIZE_STEP = 16
+MAX_MODEL_NAME = 256  # a loaded model's name or hub id, or an endpoint name
 MIN_SIDE, MAX_SIDE = 256, 2048
 AUTO_SIZE = (1024, 1024)
 
@@ -63,9 +64,9 @@ class _ImagesOptions(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    prompt: Annotated[str, ValidText] = Field(
-        min_length=1, max_length=32000, description="What to draw."
-    )
+    # Its longest is --max-prompt-chars (default 10000), checked with every dialect's at
+    # submit (jobs/service.py) and shown in the OpenAPI document (api/openapi.py).
+    prompt: Annotated[str, ValidText] = Field(min_length=1, description="What to draw.")
     n: Annotated[int, Field(ge=1, le=MAX_IMAGES_CAP), NotBool] = Field(
         1, description="Images, one batch; at most --max-images-per-request (10)."
     )
@@ -75,7 +76,7 @@ class _ImagesOptions(BaseModel):
         None, description="'transparent' is not supported: FLUX draws opaque images."
     )
     output_compression: Annotated[int, Field(ge=0, le=100), NotBool] | None = None
-    user: str | None = None
+    user: str | None = Field(None, max_length=256, description="Accepted; not used.")
     partial_images: Annotated[int, Field(ge=0, le=0), NotBool] | None = None
     # FLUX extras
     seed: Annotated[int, Field(ge=0, le=MAX_SEED), NotBool] | None = None
@@ -104,7 +105,9 @@ class _ImagesOptions(BaseModel):
 
 
 class ImagesGenerateRequest(_ImagesOptions):
-    model: str | None = Field(None, description="A loaded model; default: the first loaded.")
+    model: str | None = Field(
+        None, max_length=MAX_MODEL_NAME, description="A loaded model; default: the first loaded."
+    )
     size: Annotated[str, AfterValidator(_check_size)] = Field(
         "auto", description="WIDTHxHEIGHT (multiples of 16, 256-2048) or auto (1024x1024)."
     )
@@ -129,6 +132,7 @@ class ImagesEditRequest(_ImagesOptions):
 
     model: str | None = Field(
         None,
+        max_length=MAX_MODEL_NAME,
         description="A loaded model: a Kontext model edits (all images are references), a "
         "text-to-image model runs image-to-image on the one image, a Fill model repaints "
         "the mask's area. Default: with a mask the first Fill model, else the first Kontext "

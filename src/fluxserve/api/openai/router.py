@@ -13,7 +13,7 @@ from starlette.requests import ClientDisconnect
 
 from fluxserve.api.auth import CallerDep, SubmitterDep, abandoned
 from fluxserve.api.deps import BaseUrlDep, ServicesDep
-from fluxserve.api.errors import openai_error
+from fluxserve.api.errors import error_responses, openai_error
 from fluxserve.api.openai import convert
 from fluxserve.api.openai.protocol import (
     MAX_EDIT_IMAGES,
@@ -36,6 +36,9 @@ WAIT_TIMEOUT = 600.0  # seconds; the OpenAI SDK's own default timeout
 FORM_OVERHEAD = 1024 * 1024
 MAX_FORM_FILES = MAX_EDIT_IMAGES + 1 + 4  # room for file parts we ignore (the SDK's markup)
 MAX_FORM_FIELDS = 64
+# What each route can answer besides 200, in OpenAI's error shape (api/errors.py): a bad
+# parameter is a 400 here, never a 422; a job that failed is a 500.
+SUBMIT_ERRORS = (400, 401, 402, 429, 500, 503, 504)
 
 
 async def _answer(
@@ -64,7 +67,12 @@ async def _answer(
     return convert.to_response(job, None, images)
 
 
-@router.post("/images/generations", response_model=ImagesResponse, response_model_exclude_none=True)
+@router.post(
+    "/images/generations",
+    response_model=ImagesResponse,
+    response_model_exclude_none=True,
+    responses=error_responses("openai", *SUBMIT_ERRORS),
+)
 async def create_image(
     body: ImagesGenerateRequest,
     services: ServicesDep,
@@ -153,6 +161,7 @@ async def _edit_form(form: FormData) -> convert.EditForm:
     "/images/edits",
     response_model=ImagesResponse,
     response_model_exclude_none=True,
+    responses=error_responses("openai", *SUBMIT_ERRORS, 413),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -193,7 +202,7 @@ async def edit_image(
     return await _answer(job, edit.body.response_format, services, base, http_request, caller)
 
 
-@router.get("/models", response_model=ModelList)
+@router.get("/models", response_model=ModelList, responses=error_responses("openai", 401, 503))
 def list_models(services: ServicesDep, _key: CallerDep) -> ModelList:
     """The loaded models."""
     created = int(services.started_at)

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse
 from fluxserve.api.auth import CallerDep
 from fluxserve.api.bfl.protocol import DIMENSION_STEP
 from fluxserve.api.deps import ServicesDep
+from fluxserve.api.errors import error_responses
 from fluxserve.domain import Task
 from fluxserve.specs import ModelSpec
 
@@ -37,7 +38,8 @@ def index() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html", headers=NO_CACHE)
 
 
-@router.get("/playground/models", tags=["playground"])
+# Outside /v1/, its errors take fal's shape (api/errors.py dialect_of).
+@router.get("/playground/models", tags=["playground"], responses=error_responses("fal", 401, 503))
 def models(services: ServicesDep, _key: CallerDep) -> list[dict]:
     """The loaded text-to-image models, with the defaults and sizes the form offers."""
     aliases = services.router.aliases
