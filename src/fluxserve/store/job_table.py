@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from fluxserve.domain import Job, JobStatus
+from fluxserve.store.group_commit import GroupCommit
 from fluxserve.store.sqlbase import SqlStoreBase
 from fluxserve.store.tables import (
+    COUNT_ACTIVE,
+    COUNT_QUEUED,
     SubmitLimits,
     cancelled,
     charge,
-    count_active,
-    count_queued,
     jobs,
     queue_full,
     row_to_job,
@@ -22,24 +27,50 @@ from fluxserve.store.tables import (
 )
 
 _RUNNING = JobStatus.RUNNING.value
+# Built once: building a statement per call cost more than running it (SQLite).
+_INSERT = jobs.insert().returning(jobs.c.seq)
+_BY_ID = sa.select(jobs).where(jobs.c.id == sa.bindparam("id"))
+_BY_IDEMPOTENCY_KEY = sa.select(jobs).where(
+    jobs.c.owner == sa.bindparam("owner"), jobs.c.idempotency_key == sa.bindparam("key")
+)
+CREATE_GROUP_LIMIT = 64  # jobs written in one transaction at most
+
+
+@dataclass
+class _Create:
+    """One job to insert (its row's values), with the limits it is created under."""
+
+    job: Job
+    limits: SubmitLimits | None
+    values: dict[str, Any]
+
+    @property
+    def queue_limits(self) -> SubmitLimits | None:
+        """The limits to enforce: a job created ended (refused) takes no place."""
+        return self.limits if self.job.status is JobStatus.QUEUED else None
 
 
 class SqlJobTable(SqlStoreBase):
     """Jobs as submitted and read: create, look up, cancel, forget, purge."""
 
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        # Concurrent creates share transactions (a group commit; see store/group_commit).
+        self._creates: GroupCommit[_Create, int] = GroupCommit(
+            self._insert_group, CREATE_GROUP_LIMIT
+        )
+
     # -- reads ---------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
+            row = conn.execute(_BY_ID, {"id": job_id}).first()
         return row_to_job(row) if row else None
 
     def find_idempotent(self, owner: str, idempotency_key: str) -> Job | None:
         """The job ``owner`` submitted with ``idempotency_key``, if any."""
-        stmt = sa.select(jobs).where(
-            jobs.c.owner == owner, jobs.c.idempotency_key == idempotency_key
-        )
         with self.engine.connect() as conn:
-            row = conn.execute(stmt).first()
+            row = conn.execute(_BY_IDEMPOTENCY_KEY, {"owner": owner, "key": idempotency_key})
+            row = row.first()
         return row_to_job(row) if row else None
 
     def queue_position(self, job: Job) -> int | None:
@@ -71,8 +102,13 @@ class SqlJobTable(SqlStoreBase):
     def create(self, job: Job, limits: SubmitLimits | None = None) -> Job:
         """Insert ``job``. With ``limits`` a queued job is refused (TooManyRequests,
         ServerBusy) when it would take its owner past ``max_active`` queued + running jobs
-        or the server past ``max_queue`` queued ones: checked in the inserting transaction,
-        so concurrent submits cannot all slip past (see ``_serialise_limited_creates``)."""
+        or the server past ``max_queue`` queued ones, and charged its cost (PaymentRequired
+        when its key's budget cannot cover it): checked in the inserting transaction, so
+        concurrent submits cannot all slip past (see ``_serialise_limited_creates``).
+
+        Creates that arrive while another is being written are written together, in one
+        transaction, each job in a savepoint of its own: one job's refusal (or its clash
+        with an earlier Idempotency-Key) undoes only its own insert and charge."""
         values = {
             "id": job.id,
             "model": job.model,
@@ -95,25 +131,47 @@ class SqlJobTable(SqlStoreBase):
             "webhook_state": "pending" if job.webhook else None,
             "webhook_attempts": 0,
         }
-        limited = limits is not None and job.status is JobStatus.QUEUED
-        with self.engine.begin() as conn:
-            if limited:
-                self._serialise_limited_creates(conn)
-            seq = conn.execute(jobs.insert().values(**values).returning(jobs.c.seq)).scalar_one()
-            if limited:
-                self._enforce(conn, job.owner, limits)  # raises: the insert is rolled back
-            if job.status is JobStatus.QUEUED:
-                self._announce(conn)
+        seq = self._creates.run(_Create(job, limits, values))
         job.seq, job.created_at = seq, values["created_at"]
         return job
+
+    def _insert_group(self, group: Sequence[_Create]) -> list[int | BaseException]:
+        """Insert a group of jobs in one transaction: each one's seq, or what refused it.
+        A group of one needs no savepoint: its refusal rolls the transaction back."""
+        outcomes: list[int | BaseException] = []
+        with self.engine.begin() as conn:
+            self._begin_write(conn)
+            if any(create.queue_limits is not None for create in group):
+                self._serialise_limited_creates(conn)
+            if len(group) == 1:
+                outcomes.append(self._insert(conn, group[0]))
+            else:
+                for create in group:
+                    try:
+                        with conn.begin_nested():
+                            outcomes.append(self._insert(conn, create))
+                    except Exception as exc:  # a refusal, or an Idempotency-Key clash
+                        outcomes.append(exc)
+            if any(c.job.status is JobStatus.QUEUED and isinstance(o, int)
+                   for c, o in zip(group, outcomes, strict=True)):  # fmt: skip
+                self._announce(conn)
+        return outcomes
+
+    def _insert(self, conn: sa.Connection, create: _Create) -> int:
+        """Insert one job (and enforce its limits); its seq."""
+        seq = conn.execute(_INSERT, create.values).scalar_one()
+        if (limits := create.queue_limits) is not None:
+            self._enforce(conn, create.job.owner, limits)  # raises: the insert is undone
+        return seq
 
     @staticmethod
     def _enforce(conn: sa.Connection, owner: str, limits: SubmitLimits) -> None:
         """Counts that include the job just inserted; over a limit, raise."""
         queue, active = limits.max_queue, limits.max_active
-        if queue is not None and conn.execute(count_queued()).scalar_one() > queue:
+        if queue is not None and conn.execute(COUNT_QUEUED).scalar_one() > queue:
             raise queue_full(queue)
-        if active is not None and conn.execute(count_active(owner)).scalar_one() > active:
+        key = {"owner": owner}
+        if active is not None and conn.execute(COUNT_ACTIVE, key).scalar_one() > active:
             raise too_many_active(active)
         if owner and limits.cost > 0:
             charge(conn, owner, limits.cost)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from fluxserve.store.tables import api_keys, count_active, count_queued
+from fluxserve.store.tables import COUNT_ACTIVE, COUNT_QUEUED, api_keys
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,9 @@ class KeyStore:
     def active_jobs(self, owner: str) -> int:
         """Queued and running jobs of one key."""
         with self.engine.connect() as conn:
-            return int(conn.execute(count_active(owner)).scalar_one())
+            return int(conn.execute(COUNT_ACTIVE, {"owner": owner}).scalar_one())
 
     def queued_jobs(self) -> int:
         """Queued jobs of every key and model."""
         with self.engine.connect() as conn:
-            return int(conn.execute(count_queued()).scalar_one())
+            return int(conn.execute(COUNT_QUEUED).scalar_one())

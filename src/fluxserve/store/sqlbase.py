@@ -48,8 +48,12 @@ class SqlStoreBase:
         hosts whose clocks disagree never expire each other's leases early."""
         return time.time()
 
+    def _begin_write(self, conn: sa.Connection) -> None:
+        """Start a write transaction that takes the database's write lock at once
+        (SQLite: BEGIN IMMEDIATE), before any savepoint; PostgreSQL needs nothing."""
+
     def _serialise_limited_creates(self, conn: sa.Connection) -> None:
-        """Make limited creates take turns. SQLite needs nothing: the insert takes the
+        """Make limited creates take turns. SQLite needs nothing: ``_begin_write`` takes the
         database's write lock before the counts run, so the next creator waits and then
         counts this job. PostgreSQL overrides this with a transaction-scoped lock."""
 

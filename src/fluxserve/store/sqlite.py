@@ -27,3 +27,9 @@ class SqliteJobStore(SqlJobStore):
         super().__init__(engine)
         if migrate:  # off for a reader of a server's database (fluxserve status)
             self.create_schema()
+
+    def _begin_write(self, conn: sa.Connection) -> None:
+        # pysqlite would BEGIN (deferred) only at the first INSERT: a savepoint before it
+        # would be the transaction, and its release a commit. IMMEDIATE also takes the
+        # write lock now (waiting busy_timeout for a worker's write), not halfway through.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

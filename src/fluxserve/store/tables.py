@@ -105,17 +105,21 @@ ACTIVE_RETRY_AFTER = 5  # seconds: a job of the key has likely finished by then
 BUSY_RETRY_AFTER = 10
 
 
-def count_queued() -> sa.Select:
-    """Queued jobs of every key and model."""
-    return (
-        sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == JobStatus.QUEUED.value)
+# The limits' counts, built once: every submit runs them, and building a statement cost
+# more than running it on SQLite.
+# Queued jobs of every key and model.
+COUNT_QUEUED = (
+    sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == JobStatus.QUEUED.value)
+)
+# Queued and running jobs of one key: execute with {"owner": key id}.
+COUNT_ACTIVE = (
+    sa.select(sa.func.count())
+    .select_from(jobs)
+    .where(
+        jobs.c.owner == sa.bindparam("owner"),
+        jobs.c.status.in_([JobStatus.QUEUED.value, _RUNNING]),
     )
-
-
-def count_active(owner: str) -> sa.Select:
-    """Queued and running jobs of one key."""
-    active = jobs.c.status.in_([JobStatus.QUEUED.value, _RUNNING])
-    return sa.select(sa.func.count()).select_from(jobs).where(jobs.c.owner == owner, active)
+)
 
 
 def queue_full(max_queue: int) -> ServerBusy:
