@@ -202,3 +202,28 @@ def lora_dir(tmp_path_factory, tiny_model_dir, tiny_flux2_dir) -> Path:
     (directory / "truncated.safetensors").write_bytes(whole[: len(whole) // 2])
     (directory / "model.ckpt").write_bytes(b"\x80\x04not loaded")
     return directory
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path):
+    """A fresh embedded job store, migrated."""
+    from fluxserve.store.sqlite import SqliteJobStore
+
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    yield store
+    store.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def job_store(request: pytest.FixtureRequest, tmp_path: Path):
+    """A fresh job store of each kind: SQLite, then PostgreSQL (its own database)."""
+    if request.param == "sqlite":
+        from fluxserve.store.sqlite import SqliteJobStore
+
+        store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    else:
+        from fluxserve.store.postgres import PostgresJobStore
+
+        store = PostgresJobStore(request.getfixturevalue("pg_url"))
+    yield store
+    store.close()

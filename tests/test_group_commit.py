@@ -7,7 +7,6 @@ import threading
 import time
 import uuid
 
-import pytest
 from sqlalchemy.exc import IntegrityError
 
 from fluxserve.domain import GenerationRequest, Job
@@ -121,20 +120,6 @@ def test_a_failed_group_fails_each_of_its_callers_and_the_next_group_still_runs(
     # Each caller raised an exception object of its own.
     assert len({id(outcomes[i]) for i in failed}) == len(failed)
     assert commit.run(99) == 99  # and the lead was handed back: a lone write is at once
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def job_store(request, tmp_path):
-    if request.param == "sqlite":
-        from fluxserve.store.sqlite import SqliteJobStore
-
-        store = SqliteJobStore(tmp_path / "jobs.sqlite3")
-    else:
-        from fluxserve.store.postgres import PostgresJobStore
-
-        store = PostgresJobStore(request.getfixturevalue("pg_url"))
-    yield store
-    store.close()
 
 
 def test_creates_written_in_one_transaction_keep_their_own_limits_credits_and_keys(

@@ -18,10 +18,9 @@ def make_job(job_id: str, model: str = "tiny", seed: int = 1) -> Job:
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
-    yield store
-    store.close()
+def store(sqlite_store):
+    """The store of the contract below (tests/test_postgres.py reruns it on PostgreSQL)."""
+    return sqlite_store
 
 
 def test_claims_in_submission_order_and_only_own_model(store):
