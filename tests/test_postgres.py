@@ -34,7 +34,7 @@ from tests.test_store import make_job
 
 WAKE_BOUND = 5.0  # seconds: how long a NOTIFY may take to wake a listener, generously
 
-HEAD_REVISION = "0006"  # the newest migration in store/migrations/versions
+HEAD_REVISION = "0007"  # the newest migration in store/migrations/versions
 
 
 @pytest.fixture

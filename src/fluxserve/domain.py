@@ -83,6 +83,9 @@ class GenerationRequest:
     notes: tuple[str, ...] = ()
     # LoRAs as (canonical source, scale), in order (lora/sources.py); () for none.
     loras: tuple[tuple[str, float], ...] = ()
+    # Delivery, not generation: small previews of the image while it is made (BFL's
+    # get_result ``preview``). Not in the batch key: a job that asks still shares a batch.
+    previews: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -201,6 +204,9 @@ class Job:
     owner: str = ""  # the id of the API key that made it; "" with --auth off
     idempotency_key: str | None = None
     batch_size: int | None = None  # how many jobs ran in its batch
+    # While running, when its request asked for previews: {"image": data: URI, "step",
+    # "steps"}, the latest; None before the first and once the job ended.
+    preview: dict[str, Any] | None = None
     webhook: Webhook | None = None
     webhook_state: str | None = None  # pending, delivered or failed
     webhook_attempts: int = 0

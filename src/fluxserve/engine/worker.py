@@ -11,6 +11,7 @@ A failing job is marked Error and the loop goes on; nothing a job does ends the 
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import io
@@ -19,7 +20,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from PIL import Image
 from sqlalchemy.exc import DBAPIError as DatabaseError
@@ -387,15 +388,20 @@ class Worker:
         # Counting from the start: a job shorter than the interval writes no progress.
         last_write = time.monotonic()
 
-        def on_step(done: int, total: int) -> None:
+        def on_step(done: int, total: int, previews: list[bytes | None] | None = None) -> None:
             nonlocal last_write
             now = time.monotonic()
+            # One per job of the batch, when one asked; the runtime makes at most a few a
+            # second, so a preview is written even between the progress writes.
+            shown = previews if previews and len(previews) == len(jobs) else [None] * len(jobs)
             # The last step is not written: completing the job sets progress 1.0.
-            if done < total and now - last_write >= PROGRESS_WRITE_INTERVAL:
+            if done < total and (now - last_write >= PROGRESS_WRITE_INTERVAL or any(shown)):
                 last_write = now
-                for job in jobs:  # progress is advisory: generation goes on without it
+                for job, preview in zip(jobs, shown, strict=True):
+                    # Progress is advisory: generation goes on without it.
                     with contextlib.suppress(DatabaseError):
-                        self.store.set_progress(job.id, job.attempt, done / total)
+                        self.store.set_progress(job.id, job.attempt, done / total,
+                                                preview_entry(preview, done, total))  # fmt: skip
 
         cancelled: set[str] = set()
         last_check = 0.0
@@ -482,6 +488,14 @@ class Worker:
             job.report.loras.append({"lora": describe(source), "scale": scale, "disk": fetched})
             files.append(LoraFile(local.path, local.digest, describe(source), scale))
         return files
+
+
+def preview_entry(jpeg: bytes | None, done: int, total: int) -> dict[str, Any] | None:
+    """A job's live preview as stored and served (BFL's get_result ``preview``)."""
+    if jpeg is None:
+        return None
+    image = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+    return {"image": image, "step": done, "steps": total}
 
 
 def _open(data: bytes) -> Image.Image:

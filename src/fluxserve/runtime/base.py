@@ -11,7 +11,11 @@ from PIL import Image
 
 from fluxserve.domain import GenerationRequest
 
-OnStep = Callable[[int, int], None]  # (steps done, total steps)
+# (steps done, total steps); when a request of the loop asked for previews, also the
+# keyword ``previews``, one JPEG (or None) per request of the loop, in order, at the steps
+# a preview is due (runtime/previews.py): a callback that takes two arguments serves jobs
+# that do not ask.
+OnStep = Callable[..., None]
 ShouldStop = Callable[[], bool]
 
 

@@ -8,6 +8,7 @@ uses it. Image-to-image runs on a text-to-image model's own modules (``from_pipe
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from fluxserve.runtime.memory import (
     resolve_memory_plan,
 )
 from fluxserve.runtime.optimize import apply_plan, probe, set_step_cache, use_compile_cache
+from fluxserve.runtime.previews import LatentPreviewer, Previews, fit_previewer
 from fluxserve.runtime.prompt_cache import PromptCache
 from fluxserve.runtime.tiers import (
     STEP_CACHE_THRESHOLD,
@@ -66,15 +68,27 @@ SHAREABLE = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"
 
 
 class StepCallback:
-    """diffusers' ``callback_on_step_end``: reports progress, stops the loop on request."""
+    """diffusers' ``callback_on_step_end``: reports progress (with live previews when the
+    loop's requests asked for them), stops the loop on request."""
 
-    def __init__(self, on_step: OnStep, should_stop: ShouldStop, steps: int) -> None:
+    def __init__(
+        self, on_step: OnStep, should_stop: ShouldStop, steps: int,
+        previews: Previews | None = None,
+    ) -> None:  # fmt: skip
         self.on_step, self.should_stop, self.steps = on_step, should_stop, steps
+        self.previews = previews
         self.cancelled = False
 
     def __call__(self, pipe: Any, step: int, _timestep: Any, callback_kwargs: dict) -> dict:
         # Image-to-image runs only the last ``strength`` share of the steps.
-        self.on_step(step + 1, pipe.num_timesteps or self.steps)
+        done, total = step + 1, pipe.num_timesteps or self.steps
+        made = None
+        if self.previews is not None:
+            made = self.previews.at_step(pipe, done, total, callback_kwargs.get("latents"))
+        if made is None:
+            self.on_step(done, total)
+        else:
+            self.on_step(done, total, previews=made)
         if self.should_stop():
             self.cancelled = True
             pipe._interrupt = True  # diffusers' documented way to stop the loop
@@ -126,6 +140,8 @@ class FluxRunner:
         self.max_loaded_loras = max_loaded_loras
         self.adapters: dict[int, AdapterSet] = {}  # id(transformer) -> its loaded LoRAs
         self.last_lora_report: list[dict] = []  # what the last job's LoRAs took
+        # id(VAE) -> its live-preview map, fitted when a job first asks (None: none fits).
+        self.previewers: dict[int, LatentPreviewer | None] = {}
 
     def load(self) -> None:
         # Per-component loading bars mean nothing in a server log.
@@ -289,7 +305,9 @@ class FluxRunner:
         spec = self.models[request.model].spec
         self._use_tier(request, pipeline)
         self._use_loras(request.model, pipeline, inputs.loras)
-        step_end = StepCallback(on_step, should_stop, request.steps)
+        # A request of several images is previewed by its first.
+        previews = self._previews(pipeline, [request])
+        step_end = StepCallback(on_step, should_stop, request.steps, previews)
 
         # Noise from a seeded CPU generator: the same seed gives the same image on any device.
         generator = torch.Generator("cpu").manual_seed(request.seed)
@@ -323,7 +341,9 @@ class FluxRunner:
         spec = self.models[first.model].spec
         self._use_tier(first, pipeline)  # the tier is part of the batch key
         self._use_loras(first.model, pipeline, loras or [])  # so are the LoRAs
-        step_end = StepCallback(on_step, should_stop, first.steps)
+        # Previews are not in the batch key: each job that asked sees its own image.
+        previews = self._previews(pipeline, requests)
+        step_end = StepCallback(on_step, should_stop, first.steps, previews)
 
         prompts = [self._prompt_arguments(pipeline, spec, r.prompt, 1) for r in requests]
         if "prompt" in prompts[0]:  # no cache: the pipeline encodes the list itself
@@ -346,6 +366,28 @@ class FluxRunner:
         if step_end.cancelled:
             raise GenerationCancelled("generation stopped before its last step")
         return list(output.images)
+
+    def _previews(self, pipeline: Any, requests: list[GenerationRequest]) -> Previews | None:
+        """The loop's live previews: one per request that asked (of the loop's image at
+        that request's index), or None when none asked or the VAE has no preview map."""
+        wanted = [index if request.previews else None for index, request in enumerate(requests)]
+        if all(index is None for index in wanted):
+            return None
+        previewer = self._previewer(pipeline)
+        if previewer is None:
+            return None
+        return Previews(previewer, requests[0].width, requests[0].height, wanted)
+
+    def _previewer(self, pipeline: Any) -> LatentPreviewer | None:
+        """``pipeline``'s preview map, fitted once per VAE (shared VAEs share it)."""
+        key = id(pipeline.vae)
+        if key not in self.previewers:
+            started = time.perf_counter()
+            self.previewers[key] = fit_previewer(pipeline)  # logs when none fits
+            if self.previewers[key] is not None:
+                logger.info("live previews for %s's latents fitted in %.2f s",
+                            type(pipeline).__name__, time.perf_counter() - started)  # fmt: skip
+        return self.previewers[key]
 
     def _use_loras(self, model: str, pipeline: Any, loras: list[LoraFile]) -> None:
         """Make ``loras`` the active adapters (none: the base model)."""

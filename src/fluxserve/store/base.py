@@ -127,7 +127,12 @@ class WorkQueue(Protocol):
         """Extend the lease; False when the lease was lost (the job is not ours any more)."""
         ...
 
-    def set_progress(self, job_id: str, attempt: int, progress: float) -> bool: ...
+    def set_progress(
+        self, job_id: str, attempt: int, progress: float, preview: dict[str, Any] | None = None
+    ) -> bool:
+        """Progress 0..1 of a running job (fenced by attempt) and, when given, its latest
+        live preview; the preview is cleared when the job stops running."""
+        ...
 
     def complete(
         self,

@@ -51,6 +51,9 @@ jobs = sa.Table(
     sa.Column("webhook_attempts", sa.Integer, nullable=False, default=0),
     sa.Column("webhook_next_at", sa.Float),
     sa.Column("webhook_error", sa.Text),
+    # JSON {"image": data: URI, "step", "steps"}: the running job's latest preview, when
+    # its request asked for them (migration 0007); cleared when the job stops running.
+    sa.Column("preview", sa.Text),
     sa.Index("ix_jobs_claim", "status", "model", "seq"),
     sa.Index("ix_jobs_batch", "status", "batch_key", "seq"),
     sa.Index("ix_jobs_owner", "owner", "status"),
@@ -188,18 +191,20 @@ def row_to_job(row: Any) -> Job:
         webhook_state=m["webhook_state"],
         webhook_attempts=m["webhook_attempts"],
         webhook_error=m["webhook_error"],
+        preview=json.loads(m["preview"]) if m["preview"] else None,
     )
 
 
 def ended(status: JobStatus, code: str, message: str, now: float | None = None) -> dict[str, Any]:
     """The values that end a job: its final status, error code and message, and when (no
-    lease any more)."""
+    lease and no preview any more)."""
     return {
         "status": status.value,
         "error_code": code,
         "error_message": message,
         "finished_at": time.time() if now is None else now,
         "lease_expires_at": None,
+        "preview": None,
     }
 
 

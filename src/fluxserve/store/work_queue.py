@@ -54,6 +54,7 @@ class SqlWorkQueue(SqlStoreBase):
             "lease_expires_at": self.lease_clock() + lease_seconds,
             "started_at": time.time(),
             "progress": 0.0,
+            "preview": None,  # an earlier attempt's
             "batch_size": 1,  # a batch's worker writes its size once it is gathered
         }
 
@@ -125,8 +126,15 @@ class SqlWorkQueue(SqlStoreBase):
         expires = self.lease_clock() + lease_seconds
         return self._update_running(job_id, attempt, lease_expires_at=expires)
 
-    def set_progress(self, job_id: str, attempt: int, progress: float) -> bool:
-        return self._update_running(job_id, attempt, progress=progress)
+    def set_progress(
+        self, job_id: str, attempt: int, progress: float, preview: dict[str, Any] | None = None
+    ) -> bool:
+        """Write a running job's progress and, when given, its latest preview (else the
+        last one stays)."""
+        if preview is None:
+            return self._update_running(job_id, attempt, progress=progress)
+        return self._update_running(job_id, attempt, progress=progress,
+                                    preview=json.dumps(preview))  # fmt: skip
 
     def complete(
         self,
@@ -148,6 +156,7 @@ class SqlWorkQueue(SqlStoreBase):
             if moderated
             else None,
             progress=1.0,
+            preview=None,
             result_keys=json.dumps(result_keys),
             report=json.dumps((report or JobReport()).to_dict()),
             finished_at=time.time(),
@@ -172,6 +181,7 @@ class SqlWorkQueue(SqlStoreBase):
                         worker_id=None,
                         lease_expires_at=None,
                         progress=0.0,
+                        preview=None,
                         attempt=attempt if count_attempt else attempt - 1,
                     )
                 ).rowcount
@@ -192,6 +202,7 @@ class SqlWorkQueue(SqlStoreBase):
             report=json.dumps(report.to_dict()),
             finished_at=time.time(),
             lease_expires_at=None,
+            preview=None,
         )
 
     def fail(self, job_id: str, attempt: int | None, code: str, message: str) -> bool:
@@ -264,6 +275,7 @@ class SqlWorkQueue(SqlStoreBase):
                     worker_id=None,
                     lease_expires_at=None,
                     progress=0.0,
+                    preview=None,
                 )
                 .returning(*jobs.c)
             ).all()

@@ -19,6 +19,7 @@ from fluxserve.api.bfl.protocol import (
     FluxProExpandInputs,
     FluxProFillInputs,
     FluxUltraInputs,
+    Preview,
     ResultResponse,
     _CommonInputs,
     _Flux2Common,
@@ -261,6 +262,11 @@ def fill_request(
     return request, prepared
 
 
+def with_previews(request: GenerationRequest, inputs: _CommonInputs) -> GenerationRequest:
+    """``request`` with the live previews the body asks for (``previews``), if any."""
+    return dataclasses.replace(request, previews=True) if inputs.previews else request
+
+
 def polling_url(base_url: str, job_id: str) -> str:
     return f"{base_url}/v1/get_result?id={job_id}"
 
@@ -336,6 +342,8 @@ def _result_response(job: Job, sample_urls: list[str]) -> ResultResponse:
             response.details = {"notes": job.report.notes}
     elif job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
         response.progress = round(job.progress, 4)
+        if job.status is JobStatus.RUNNING and job.preview is not None:
+            response.preview = Preview(**job.preview)
     else:
         code = job.error_code or job.status.value
         message = job.error_message or (

@@ -90,6 +90,11 @@ class _CommonInputs(BaseModel):
     webhook_secret: WebhookSecret | None = Field(
         None, description="Sent back in the webhook's X-Webhook-Secret header."
     )
+    previews: bool = Field(
+        False,
+        description="fluxserve extension: while the task runs, get_result's preview holds a "
+        "small JPEG of the image so far (every few steps, at most 4 a second).",
+    )
 
 
 class _Inputs(_CommonInputs):
@@ -415,10 +420,25 @@ ResultStatus = Literal[
 ]
 
 
+class Preview(BaseModel):
+    """A running task's latest live preview (the submit asked for ``previews``)."""
+
+    image: str = Field(
+        description="data:image/jpeg;base64,...: the image so far, at an eighth of its "
+        "width and height."
+    )
+    step: int = Field(description="The denoising step it shows.")
+    steps: int = Field(description="The task's denoising steps.")
+
+
 class ResultResponse(BaseModel):
     id: str
     status: ResultStatus
     result: dict[str, Any] | None = None
     progress: float | None = None
     details: dict[str, Any] | None = None
-    preview: dict[str, Any] | None = None
+    preview: Preview | None = Field(
+        None,
+        description="While the task runs, when the submit asked for previews (a fluxserve "
+        "extension): its latest preview; null before the first and once the task ended.",
+    )

@@ -59,11 +59,11 @@ def _submit(
     loras: Sequence[LoraWanted] = (),
 ) -> AsyncResponse:  # fmt: skip
     """Every BFL submit: route the endpoint to a model (``raw``: Ultra's raw mode), build the
-    request and its input images with ``build``, add its LoRAs, queue it, answer with where
-    to poll."""
+    request and its input images with ``build``, add its LoRAs and live previews, queue it,
+    answer with where to poll."""
     spec = services.router.route(endpoint, raw=raw)
     request, prepared = build(endpoint, inputs, spec, services.images)
-    request = services.loras.attach(request, list(loras))
+    request = convert.with_previews(services.loras.attach(request, list(loras)), inputs)
     caller = convert.with_webhook(caller, inputs, base)
     job = services.jobs.submit(request, *(prepared.parts() if prepared else ()), submission=caller)
     return convert.to_async_response(job, base, services.prices)
