@@ -15,17 +15,10 @@ from fluxserve.jobs.access import KeyRing
 from fluxserve.store.group_commit import GroupCommit
 from fluxserve.store.keys import KeyStore
 from fluxserve.store.tables import SubmitLimits
+from tests.helpers import wait_for
 
 REQUEST = GenerationRequest(model="tiny", prompt="p", width=64, height=64, steps=1,
                             guidance=None, seed=1)  # fmt: skip
-
-
-def wait_until(condition, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.005)
 
 
 class Held:
@@ -45,6 +38,21 @@ class Held:
         return self.write(items)
 
 
+def caller(commit: GroupCommit, outcomes: dict[int, object]):
+    """A thread target per item: ``commit.run(i)``'s result, or what it raised."""
+
+    def call(i: int):
+        def run() -> None:
+            try:
+                outcomes[i] = commit.run(i)
+            except Exception as exc:
+                outcomes[i] = exc
+
+        return run
+
+    return call
+
+
 def run_all(targets) -> list[threading.Thread]:
     threads = [threading.Thread(target=t, daemon=True) for t in targets]
     for thread in threads:
@@ -59,25 +67,18 @@ def test_what_arrives_during_a_write_is_written_together_with_its_own_outcomes()
     held = Held(write)
     commit = GroupCommit(held, limit=64)
     outcomes: dict[int, object] = {}
-
-    def call(i: int):
-        def run() -> None:
-            try:
-                outcomes[i] = commit.run(i)
-            except ValueError as exc:
-                outcomes[i] = str(exc)
-
-        return run
+    call = caller(commit, outcomes)
 
     first = run_all([call(1)])
     assert held.entered.wait(10)
     rest = run_all([call(i) for i in range(2, 9)])
-    wait_until(lambda: commit.pending == 7, "seven creates waiting")
+    wait_for(lambda: commit.pending == 7, "seven creates waiting")
     held.gate.set()
     for thread in first + rest:
         thread.join(10)
     assert [len(g) for g in held.groups] == [1, 7]
-    assert outcomes == {i: f"no {i}" if i % 3 == 0 else i * 10 for i in range(1, 9)}
+    said = {i: str(o) if isinstance(o, Exception) else o for i, o in outcomes.items()}
+    assert said == {i: f"no {i}" if i % 3 == 0 else i * 10 for i in range(1, 9)}
 
 
 def test_a_failed_group_fails_each_of_its_callers_and_the_next_group_still_runs():
@@ -92,20 +93,12 @@ def test_a_failed_group_fails_each_of_its_callers_and_the_next_group_still_runs(
     held = Held(write)
     commit = GroupCommit(held, limit=3)
     outcomes: dict[int, object] = {}
-
-    def call(i: int):
-        def run() -> None:
-            try:
-                outcomes[i] = commit.run(i)
-            except ConnectionError as exc:
-                outcomes[i] = exc
-
-        return run
+    call = caller(commit, outcomes)
 
     first = run_all([call(0)])
     assert held.entered.wait(10)
     rest = run_all([call(i) for i in range(1, 6)])
-    wait_until(lambda: commit.pending == 5, "five creates waiting")
+    wait_for(lambda: commit.pending == 5, "five creates waiting")
     held.gate.set()
     for thread in first + rest:
         thread.join(10)
@@ -162,7 +155,7 @@ def test_creates_written_in_one_transaction_keep_their_own_limits_credits_and_ke
         + [create(f"tight-{i}", tight.id, SubmitLimits(max_active=1)) for i in range(2)]
         + [create(f"key-{i}", "someone", idempotency_key="order-1") for i in range(2)]
     )
-    wait_until(lambda: store._creates.pending == 8, "eight creates waiting")
+    wait_for(lambda: store._creates.pending == 8, "eight creates waiting")
     gate.set()
     for thread in first + rest:
         thread.join(10)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -105,14 +104,9 @@ def conformance_failures(
 
 
 @pytest.fixture
-def openapi_settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
+def openapi_settings(settings: Settings) -> Settings:
     # The queue never fills in these runs (a 503 would be a finding of its own).
-    return Settings(
-        model=[str(tiny_model_dir)],
-        data_dir=tmp_path / "data",
-        worker_mode="thread",
-        max_queue=1_000_000,
-    )
+    return settings.model_copy(update={"max_queue": 1_000_000})
 
 
 @pytest.fixture
